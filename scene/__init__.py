@@ -1,0 +1,1 @@
+"""Scenes: cameras, COLMAP models, scene folders and Gaussian models."""

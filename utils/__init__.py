@@ -1,0 +1,1 @@
+"""Shared utilities of SCORP, one module per domain (geometry, io, images, losses, metrics, ...)."""
