@@ -35,8 +35,9 @@ MAX_EXTEND = 3.33
 
 
 def quats_scales_to_covars(quats: Tensor, scales: Tensor) -> Tensor:
-    """[N, 4] unit quaternions (wxyz) and [N, 3] scales -> [N, 3, 3] covariances R S Sᵀ Rᵀ."""
-    w, x, y, z = quats.unbind(-1)
+    """[N, 4] quaternions (wxyz, normalised here as gsplat does, so that gradients agree) and
+    [N, 3] scales -> [N, 3, 3] covariances R S Sᵀ Rᵀ."""
+    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
     R = torch.stack(
         [
             1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
@@ -155,6 +156,207 @@ def _tile_pairs(means2d: Tensor, radii: Tensor, depths: Tensor, tile: int, tiles
     return gid[order], tile_id[order]
 
 
+def _alpha(xy: Tensor, con: Tensor, op: Tensor, pix: Tensor):
+    """Per pixel x Gaussian slot of a tile batch: offsets and α.
+
+    Shapes: xy [T, L, 2], con [T, L, 3], op [T, L], pix [T, P, 2] -> dx, dy, α [T, P, L], and
+    ``unclamped`` (α below its maximum, where it has a derivative). Padding slots carry opacity 0;
+    the conics are positive definite, so σ ≥ 0 and α < 1/255 is the only cut needed.
+    """
+    dx = xy[:, None, :, 0] - pix[:, :, None, 0]
+    dy = xy[:, None, :, 1] - pix[:, :, None, 1]
+    half_a, b, half_c = 0.5 * con[:, None, :, 0], con[:, None, :, 1], 0.5 * con[:, None, :, 2]
+    sigma = dx * (half_a * dx + b * dy) + half_c * dy * dy
+    raw = op[:, None, :] * torch.exp(-sigma)
+    unclamped = raw < MAX_ALPHA
+    alpha = raw.clamp(max=MAX_ALPHA) * (raw >= ALPHA_THRESHOLD)
+    return dx, dy, alpha, unclamped
+
+
+LOG_MIN_T = math.log(MIN_TRANSMITTANCE)
+
+
+def _block_weights(alpha: Tensor, carry: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Front-to-back weights of one block of slots, given the log-transmittance ``carry`` [T, P]
+    before the block, with the rasterizer's early stop (a slot that would bring T to ≤ 1e-4 and
+    every later one are dropped).
+
+    Returns (T before each slot [T, P, L], α with dropped slots zeroed, carry after the block)."""
+    log_1ma = torch.log1p(-alpha)
+    log_incl = carry[..., None] + torch.cumsum(log_1ma, dim=-1)
+    keep = log_incl > LOG_MIN_T
+    alpha = alpha * keep
+    return torch.exp(log_incl - log_1ma), alpha, carry + (log_1ma * keep).sum(-1)
+
+
+class _Sweep:
+    """Front-to-back sweep over the depth-sorted slots of a batch of tiles, ``block`` slots at a time.
+
+    Tiles leave the sweep when they have no more slots or all their pixels are saturated
+    (T ≤ 1e-4). Active tiles are kept compacted in contiguous buffers: per-slot tensors advance
+    by slicing (views), and rows are gathered only when tiles leave, so the bookkeeping costs far
+    less than the maths. Forward and backward run the same sweep, so they take the same decisions.
+
+    Args:
+        counts: [T] valid slots per tile. block: slots per step.
+        slots: per-slot inputs, name -> [T, L, ...]; ``view`` gives the current block.
+        outs: per-slot outputs, name -> [T, L, ...] (zeros); the current block is written through
+            ``view["out_<name>"]`` and lands in these tensors.
+        state: per-tile state, name -> [T, ...]; must contain ``carry`` (log transmittance [T, P]);
+            read and replace entries through ``sweep.state`` inside the loop.
+        on_retire: called with (tile indices, their state) when tiles leave.
+        compact_below: compact the buffers once fewer than this fraction of the tiles are alive.
+    """
+
+    def __init__(self, counts: Tensor, block: int, slots: dict, outs: dict, state: dict, on_retire, compact_below: float = 0.75) -> None:
+        self.block = block
+        self.compact_below = compact_below
+        self.act = torch.arange(counts.numel(), device=counts.device)
+        self.counts = counts
+        self.slots = slots
+        self.targets = outs
+        self.bufs = outs  # the out-buffers of the active rows; the targets themselves until a compaction
+        self.buf_rows: Optional[Tensor] = None  # target rows of the buffers (None: buffers are the targets)
+        self.buf_col0 = 0  # target column of the buffers' first column
+        self.state = state
+        self.on_retire = on_retire
+        self.col = 0
+
+    def _flush(self) -> None:
+        if self.buf_rows is None:
+            return
+        n = self.col - self.buf_col0
+        for k, buf in self.bufs.items():
+            self.targets[k][self.buf_rows, self.buf_col0 : self.col] = buf[:, :n]
+
+    def __iter__(self):
+        b = self.block
+        L = int(self.counts.max()) if self.counts.numel() else 0
+        while self.col < L:
+            c = self.col - self.buf_col0
+            view = {k: v[:, :b] for k, v in self.slots.items()}
+            view.update({f"out_{k}": v[:, c : c + b] for k, v in self.bufs.items()})
+            yield view
+            self.col += b
+            self.slots = {k: v[:, b:] for k, v in self.slots.items()}
+            self.counts = self.counts - b
+            alive = (self.counts > 0) & (self.state["carry"] > LOG_MIN_T).any(-1)
+            n_alive = int(alive.sum())
+            if n_alive > self.compact_below * self.act.numel():
+                continue  # finished tiles ride along (their α is masked to 0) until enough have finished
+            done = ~alive
+            self.on_retire(self.act[done], {k: v[done] for k, v in self.state.items()})
+            self._flush()
+            keep = torch.nonzero(alive).squeeze(1)
+            self.act = self.act[keep]
+            if keep.numel() == 0:
+                return
+            self.slots = {k: v[keep] for k, v in self.slots.items()}
+            self.state = {k: v[keep] for k, v in self.state.items()}
+            self.counts = self.counts[keep]
+            self.bufs = {k: v.new_zeros((keep.numel(), v.shape[1] - self.col) + v.shape[2:]) for k, v in self.targets.items()}
+            self.buf_rows = self.act
+            self.buf_col0 = self.col
+        if self.act.numel():
+            self.on_retire(self.act, self.state)
+            self._flush()
+
+
+def _unpack(gp: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Split packed slot attributes [..., 6 + D] into (xy, conic, opacity, features)."""
+    return gp[..., 0:2], gp[..., 2:5], gp[..., 5], gp[..., 6:]
+
+
+class _TileComposite(torch.autograd.Function):
+    """Composite a batch of tiles front to back, with the analytic backward pass of 3DGS.
+
+    For a pixel with slots i (front to back), w_i = α_i T_i, C = Σ w_i f_i, A = Σ w_i.
+    Given g_C = dL/dC and g_A = dL/dA, with u_i = g_C·f_i + g_A:
+
+        dL/df_i = w_i g_C
+        dL/dα_i = T_i u_i − (Σ_{j>i} w_j u_j) / (1 − α_i)
+        α_i = o_i exp(−σ_i):  dL/do_i = dL/dα_i · α_i / o_i,  dL/dσ_i = −dL/dα_i · α_i
+        σ = ½(a dx² + c dy²) + b dx dy with dx = x_i − p_x, dy = y_i − p_y.
+
+    Slots are visited by a :class:`_Sweep` (blocks along depth, saturated tiles leave early);
+    the backward recomputes α instead of storing it.
+
+    Inputs: gp [T, L, 6 + D] the slots' packed attributes (x, y | conic a, b, c | opacity |
+    features), counts [T] (valid slots per tile), pix [T, P, 2], masks [K, T, P] or None, block.
+    Outputs: features [T, P, D], alpha [T, P] and, with masks, the weight sums Σ_p w M_k per slot
+    [K, T, L] (no gradient). The gradient of ``gp`` comes back packed the same way.
+    """
+
+    @staticmethod
+    def forward(ctx, gp, counts, pix, masks, block):
+        xy, con, op, feat = _unpack(gp)
+        Tn, P = pix.shape[:2]
+        out_feat = feat.new_zeros(Tn, P, feat.shape[2])
+        out_alpha = feat.new_zeros(Tn, P)
+        outs = {} if masks is None else {"per": torch.zeros(Tn, feat.shape[1], masks.shape[0], device=feat.device)}
+        state = {"carry": feat.new_zeros(Tn, P), "pix": pix, "feat": torch.zeros_like(out_feat), "alpha": torch.zeros_like(out_alpha)}
+        if masks is not None:
+            state["masks"] = masks.permute(1, 2, 0).float()  # [T, P, K]
+
+        def retire(rows, st):
+            out_feat[rows] = st["feat"]
+            out_alpha[rows] = st["alpha"]
+
+        sweep = _Sweep(counts, block, {"gp": gp}, outs, state, retire)
+        for v in sweep:
+            st = sweep.state
+            v["xy"], v["con"], v["op"], v["feat"] = _unpack(v["gp"])
+            alpha = _alpha(v["xy"], v["con"], v["op"], st["pix"])[2]
+            T, alpha, st["carry"] = _block_weights(alpha, st["carry"])
+            w = alpha * T
+            st["feat"] += torch.bmm(w, v["feat"])
+            st["alpha"] += w.sum(-1)
+            if masks is not None:
+                v["out_per"].copy_(torch.bmm(w.float().transpose(1, 2), st["masks"]))
+        per = None
+        if masks is not None:
+            per = outs["per"].permute(2, 0, 1)
+            ctx.mark_non_differentiable(per)
+        ctx.block = block
+        ctx.save_for_backward(gp, counts, pix, out_feat, out_alpha)
+        return out_feat, out_alpha, per
+
+    @staticmethod
+    def backward(ctx, g_feat, g_alpha, _g_per):
+        gp, counts, pix, out_feat, out_alpha = ctx.saved_tensors
+        xy, con, op, feat = _unpack(gp)
+        Tn, P = pix.shape[:2]
+        grads = {"gp": torch.zeros_like(gp)}
+        # Σ_j w_j u_j over all slots of a pixel; the sweep turns it into Σ_{j>i}
+        remaining = (g_feat * out_feat).sum(-1) + g_alpha * out_alpha
+        state = {"carry": feat.new_zeros(Tn, P), "pix": pix, "g_feat": g_feat.contiguous(), "g_alpha": g_alpha, "remaining": remaining}
+        sweep = _Sweep(counts, ctx.block, {"gp": gp}, grads, state, lambda rows, st: None)
+        with torch.no_grad():
+            for v in sweep:
+                st = sweep.state
+                v["xy"], v["con"], v["op"], v["feat"] = _unpack(v["gp"])
+                con_b = v["con"]
+                dx, dy, alpha, unclamped = _alpha(v["xy"], con_b, v["op"], st["pix"])
+                T, alpha, st["carry"] = _block_weights(alpha, st["carry"])
+                w = alpha * T
+                u = torch.bmm(st["g_feat"], v["feat"].transpose(1, 2)) + st["g_alpha"][..., None]  # [t, P, b]
+                after = st["remaining"][..., None] - torch.cumsum(w * u, -1)
+                st["remaining"] = after[..., -1]
+                g_a = torch.where(unclamped & (alpha > 0), T * u - after / (1.0 - alpha), torch.zeros_like(u))
+                g_sigma = -g_a * alpha
+                gs_dx, gs_dy = g_sigma * dx, g_sigma * dy
+                a, b, c = con_b[:, None, :, 0], con_b[:, None, :, 1], con_b[:, None, :, 2]
+                out = v["out_gp"]
+                out[..., 0] = (gs_dx * a + gs_dy * b).sum(1)
+                out[..., 1] = (gs_dy * c + gs_dx * b).sum(1)
+                out[..., 2] = 0.5 * (gs_dx * dx).sum(1)
+                out[..., 3] = (gs_dx * dy).sum(1)
+                out[..., 4] = 0.5 * (gs_dy * dy).sum(1)
+                out[..., 5] = (g_a * alpha).sum(1) / v["op"].clamp(min=1e-12)
+                out[..., 6:] = torch.bmm(w.transpose(1, 2), st["g_feat"])
+        return grads["gp"], None, None, None, None
+
+
 def composite(
     means2d: Tensor,
     conics: Tensor,
@@ -168,13 +370,15 @@ def composite(
     max_elements: int = 1 << 22,
     weight_masks: Optional[Tensor] = None,
     compute_weights: bool = False,
+    block: int = 32,
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """Alpha-composite projected Gaussians front to back.
 
     Args:
         means2d: [N, 2]; conics: [N, 3]; opacities: [N]; features: [N, D] (colour, depth, ...);
         radii: [N, 2] (0 = culled); depths: [N] sort keys.
-        max_elements: cap on tiles x pixels x Gaussians evaluated at once.
+        max_elements: cap on tiles x pixels x Gaussians held in memory at once.
+        block: Gaussians per tile composited per pass along depth (saturated tiles stop early).
         weight_masks: optional [K, H, W] pixel weights; returns Σ_p α_i T_i M_k(p) per Gaussian.
         compute_weights: return Σ_p α_i T_i per Gaussian even without masks.
 
@@ -208,6 +412,8 @@ def composite(
 
     gid, tid = _tile_pairs(means2d, radii, depths, tile, tiles_x, tiles_y)
     if gid.numel() > 0:
+        # one packed gather per batch (its backward is a single index_add)
+        packed = torch.cat([means2d, conics, opacities[:, None], features], dim=-1)
         counts = torch.bincount(tid, minlength=n_tiles)
         offsets = torch.cumsum(counts, 0) - counts
         tile_order = torch.argsort(counts, descending=True)
@@ -219,7 +425,7 @@ def composite(
         i = 0
         while i < n_tiles and counts_sorted[i] > 0:
             L = counts_sorted[i]
-            nt = max(1, min(n_tiles - i, max_elements // max(1, P * L)))
+            nt = max(1, min(n_tiles - i, max_elements // max(1, P * min(L, block))))
             # only tiles with at least one Gaussian
             j = i
             while j < i + nt and counts_sorted[j] > 0:
@@ -234,24 +440,15 @@ def composite(
             g = gid[idx]  # [T, L]
             origin = torch.stack([(tiles % tiles_x) * tile, (tiles // tiles_x) * tile], -1).to(dtype)
             pix = origin[:, None, :] + local_xy[None]  # [T, P, 2]
-            xy = means2d[g]  # [T, L, 2]
-            con = conics[g]  # [T, L, 3]
-            dx = xy[:, None, :, 0] - pix[:, :, None, 0]  # [T, P, L]
-            dy = xy[:, None, :, 1] - pix[:, :, None, 1]
-            sigma = 0.5 * (con[:, None, :, 0] * dx * dx + con[:, None, :, 2] * dy * dy) + con[:, None, :, 1] * dx * dy
-            alpha = torch.clamp(opacities[g][:, None, :] * torch.exp(-sigma), max=MAX_ALPHA)
-            ok = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD) & valid[:, None, :]
-            alpha = torch.where(ok, alpha, torch.zeros_like(alpha))
-            log_1ma = torch.log1p(-alpha)
-            log_T_incl = torch.cumsum(log_1ma, dim=-1)
-            keep = (log_T_incl > math.log(MIN_TRANSMITTANCE)).detach()
-            w = alpha * torch.exp(log_T_incl - log_1ma) * keep  # α_i T_i
-            feat_out_rows.append(torch.einsum("tpl,tld->tpd", w, features[g]))
-            alpha_out_rows.append(w.sum(-1))
+            masks_chunk = tiled_masks[:, tiles] if gweights is not None else None
+            gp = packed.index_select(0, g.reshape(-1)).reshape(T, L, -1)
+            gp = gp * torch.cat([torch.ones_like(gp[..., :5]), valid[..., None].to(dtype), torch.ones_like(gp[..., 6:])], -1)
+            feat_c, alpha_c, per = _TileComposite.apply(gp, counts[tiles], pix, masks_chunk, block)
+            feat_out_rows.append(feat_c)
+            alpha_out_rows.append(alpha_c)
+            if per is not None:
+                gweights.index_add_(1, g.reshape(-1), per.reshape(per.shape[0], -1))
             rows.append(tiles)
-            if gweights is not None:
-                per = torch.einsum("tpl,ktp->ktl", w.detach().float(), tiled_masks[:, tiles])
-                gweights.index_add_(1, g.reshape(-1), per.reshape(k_masks, -1))
         if rows:
             rows_t = torch.cat(rows)
             out_feat = out_feat.index_put((rows_t,), torch.cat(feat_out_rows))

@@ -48,6 +48,7 @@ class Camera:
     image_path: Optional[str] = None
     uid: int = 0
     extra: dict = field(default_factory=dict, repr=False)
+    _tensors: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.R = np.asarray(self.R, dtype=np.float64).reshape(3, 3)
@@ -91,13 +92,20 @@ class Camera:
         """[3, 3] intrinsic matrix (float64)."""
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
+    def _cached(self, name: str, make, device) -> torch.Tensor:
+        # cameras are never mutated (derived cameras are new objects), so the tensors can be kept
+        key = (name, str(device))
+        if key not in self._tensors:
+            self._tensors[key] = torch.as_tensor(make(), dtype=torch.float32, device=device)
+        return self._tensors[key]
+
     def viewmat_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """[4, 4] float32 world-to-camera matrix on ``device``."""
-        return torch.as_tensor(self.w2c(), dtype=torch.float32, device=device)
+        """[4, 4] float32 world-to-camera matrix on ``device`` (cached per device)."""
+        return self._cached("viewmat", self.w2c, device)
 
     def K_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """[3, 3] float32 intrinsics on ``device``."""
-        return torch.as_tensor(self.K(), dtype=torch.float32, device=device)
+        """[3, 3] float32 intrinsics on ``device`` (cached per device)."""
+        return self._cached("K", self.K, device)
 
     # -- derived cameras --------------------------------------------------------------------
     def resized(self, width: int, height: int) -> "Camera":
@@ -113,17 +121,18 @@ class Camera:
             width=int(width),
             height=int(height),
             extra=dict(self.extra),
+            _tensors={},
         )
 
     def cropped(self, x0: int, y0: int, width: int, height: int) -> "Camera":
         """The camera of the pixel window [x0, x0+width) x [y0, y0+height) of this image."""
         return replace(
-            self, cx=self.cx - x0, cy=self.cy - y0, width=int(width), height=int(height), extra=dict(self.extra)
+            self, cx=self.cx - x0, cy=self.cy - y0, width=int(width), height=int(height), extra=dict(self.extra), _tensors={}
         )
 
     def with_pose(self, R: np.ndarray, t: np.ndarray) -> "Camera":
         """The same intrinsics with another world-to-camera pose."""
-        return replace(self, R=np.asarray(R, dtype=np.float64), t=np.asarray(t, dtype=np.float64), extra=dict(self.extra))
+        return replace(self, R=np.asarray(R, dtype=np.float64), t=np.asarray(t, dtype=np.float64), extra=dict(self.extra), _tensors={})
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Project [N, 3] world points; returns ([N, 2] pixel coordinates, [N] depths)."""
