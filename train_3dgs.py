@@ -17,6 +17,7 @@ import uuid
 
 from utils.arguments import ModelParams, OptimizationParams, PipelineParams, add_group, device_from, extract, format_cfg_args, stage_record
 from utils.cli import run_main, setup_logging
+from utils.errors import InputError
 
 log = logging.getLogger("train_3dgs")
 
@@ -42,7 +43,7 @@ def main() -> None:
 
     from scene.dataset import load_scene
     from utils.io import write_json
-    from utils.training import train
+    from utils.training import load_scene_views, train
 
     mp = extract(args, ModelParams)
     op = extract(args, OptimizationParams)
@@ -58,6 +59,12 @@ def main() -> None:
     log.info("%d train / %d test views at %dx%d, %d points, extent %.3f", len(scene.train_cameras), len(scene.test_cameras),
              scene.train_cameras[0].width, scene.train_cameras[0].height, len(scene.points_xyz), scene.extent)
 
+    if len(scene.points_xyz) == 0:
+        raise InputError(os.path.join(mp.source_path, "sparse"), "the COLMAP model has no 3D points to initialise from")
+    if args.start_checkpoint and not os.path.isfile(args.start_checkpoint):
+        raise InputError(args.start_checkpoint, "checkpoint not found")
+    views = load_scene_views(scene, mp, op, device, args.quiet)  # validates every image before anything is written
+
     os.makedirs(mp.model_path, exist_ok=True)
     cfg = {**dataclasses.asdict(mp), "source_path": os.path.abspath(mp.source_path), "model_path": mp.model_path}
     from utils.io import atomic_path
@@ -70,7 +77,7 @@ def main() -> None:
     write_json(os.path.join(mp.model_path, "train_args.json"), stage_record("train_3dgs", model=mp, optimisation=op, pipeline=pp, other=extra))
 
     save_iterations = sorted(set(args.save_iterations + [op.iterations]))
-    result = train(scene, mp.model_path, mp, op, pp, device, args.test_iterations, save_iterations, args.checkpoint_iterations, args.start_checkpoint, args.quiet)
+    result = train(scene, mp.model_path, mp, op, pp, device, args.test_iterations, save_iterations, args.checkpoint_iterations, args.start_checkpoint, args.quiet, views)
     summary = {
         "iterations": result.iterations,
         "seconds": round(result.seconds, 2),

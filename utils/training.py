@@ -139,6 +139,22 @@ def evaluate(model: GaussianModel, views: list[TrainView], background: torch.Ten
     return {"psnr": float(np.mean(psnrs)) if psnrs else float("nan"), "l1": float(np.mean(l1s)) if l1s else float("nan"), "views": len(views)}
 
 
+def load_scene_views(scene: SceneData, mp: ModelParams, op: OptimizationParams, device: torch.device, quiet: bool = False):
+    """(train views with their depths, test views), decoded onto the data device; validates every
+    image and depth file, so call it before writing anything."""
+    data_device = torch.device(mp.data_device) if mp.data_device else device
+
+    def folder(name: str) -> str:
+        return name if (not name or os.path.isabs(name)) else os.path.join(scene.source_path, name)
+
+    for name in (mp.depths, mp.depths_est):
+        if name and not os.path.isdir(folder(name)):
+            raise InputError(folder(name), "depth folder not found")
+    train_views = load_views(scene.train_cameras, data_device, folder(mp.depths), folder(mp.depths_est), op.depth_scale, "loading train images", quiet)
+    test_views = load_views(scene.test_cameras, data_device, desc="loading test images", quiet=quiet)
+    return train_views, test_views
+
+
 @dataclass
 class TrainResult:
     model: GaussianModel
@@ -173,21 +189,17 @@ def train(
     checkpoint_iterations: list[int] = (),
     start_checkpoint: Optional[str] = None,
     quiet: bool = False,
+    views: Optional[tuple[list[TrainView], list[TrainView]]] = None,
 ) -> TrainResult:
     """Optimise a Gaussian model of ``scene``; writes point clouds, checkpoints and test metrics
-    under ``model_path``. Returns the trained model and timings."""
+    under ``model_path``. ``views`` = (train, test) from :func:`load_scene_views` when the caller
+    already decoded them. Returns the trained model and timings."""
     torch.manual_seed(op.seed)
     rng = np.random.default_rng(op.seed)
     gen = torch.Generator(device=device).manual_seed(op.seed)
     if len(scene.points_xyz) == 0:
         raise InputError(os.path.join(scene.source_path, "sparse"), "the COLMAP model has no 3D points to initialise from")
-    data_device = torch.device(mp.data_device) if mp.data_device else device
-
-    def folder(name: str) -> str:
-        return name if (not name or os.path.isabs(name)) else os.path.join(scene.source_path, name)
-
-    train_views = load_views(scene.train_cameras, data_device, folder(mp.depths), folder(mp.depths_est), op.depth_scale, "loading train images", quiet)
-    test_views = load_views(scene.test_cameras, data_device, desc="loading test images", quiet=quiet)
+    train_views, test_views = views if views is not None else load_scene_views(scene, mp, op, device, quiet)
 
     model = GaussianModel.from_points(scene.points_xyz, scene.points_rgb, mp.sh_degree, op.init_opacity).to(device)
     model.active_sh_degree = 0

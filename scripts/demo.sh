@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The demo: generate the synthetic scene (no downloads) and run the pipeline on it, on CPU or GPU.
+#   bash scripts/demo.sh [OUT_DIR]      (default: demo/)
+# The training schedule below is sized for a 2-core CPU (about 2 minutes, see docs/benchmarks.md):
+# half resolution, 400 steps, densification from 150 to 350, SH degree 0 (the demo's shading is
+# view-independent). On a GPU set DEMO_ITERATIONS=30000 DEMO_TRAIN_ARGS="" for the full 3DGS schedule.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-demo}
+ITER=${DEMO_ITERATIONS:-400}
+DEFAULT_ARGS="-r 2 --densify_from_iter 150 --densify_until_iter 350 --densify_grad_threshold 0.0004 --sh_degree 0 --position_lr_max_steps $ITER"
+python scripts/make_demo_scene.py "$OUT/scene" --overwrite --no-progress --iteration "$ITER"
+bash scripts/run_scene.sh "$OUT/scene" "$OUT/model" --iterations "$ITER" ${DEMO_TRAIN_ARGS-$DEFAULT_ARGS}
