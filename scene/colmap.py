@@ -31,13 +31,13 @@ import logging
 import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from utils.errors import InputError
+from utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -365,17 +365,8 @@ def _read_lines(path: PathLike) -> list[str]:
 
 def _atomic_write(path: PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file next to ``path`` and rename it over ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 class _BinaryReader:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from typing import Iterable, Union
 
 import yaml
 
 from utils.errors import InputError
+from utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -267,13 +267,5 @@ def write_split(path: str | os.PathLike, split: dict[str, list[str]]) -> None:
             raise ValueError(f"split must have key {key!r}, got keys {sorted(split)}")
     data = {"train": [str(s) for s in split["train"]], "test": [str(s) for s in split["test"]]}
     text = yaml.safe_dump(data, default_flow_style=False, sort_keys=False, allow_unicode=True)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
