@@ -156,8 +156,10 @@ def write_gaussian_ply(path: str | os.PathLike, g: GaussianArrays) -> None:
     degree = g.sh_degree
     names = ply_property_names(degree)
     normals = g.normals if g.normals is not None else np.zeros((n, 3), dtype=np.float32)
-    columns = [g.xyz, normals, g.f_dc, g.f_rest, g.opacity.reshape(n, 1), g.scale, g.rot]
-    flat = np.concatenate([np.asarray(c, dtype=np.float32).reshape(n, -1) for c in columns], axis=1)
+    n_rest = 3 * (num_sh_bases(degree) - 1)
+    columns = [(g.xyz, 3), (normals, 3), (g.f_dc, 3), (g.f_rest, n_rest), (g.opacity, 1), (g.scale, 3), (g.rot, 4)]
+    # explicit widths: an empty model (n = 0) is a valid file too
+    flat = np.concatenate([np.asarray(c, dtype=np.float32).reshape(n, w) for c, w in columns], axis=1)
     if flat.shape[1] != len(names):
         raise ValueError(f"internal: {flat.shape[1]} columns for {len(names)} PLY properties")
     records = np.empty(n, dtype=[(name, "<f4") for name in names])

@@ -129,3 +129,12 @@ def test_affine_transform_covariances_are_exact():
     assert float(rel.max()) < 1e-5
     assert torch.allclose(mt.means.double(), m.means.double() @ A.T + t, atol=1e-5)
     assert torch.equal(mt.params["opacities"], m.params["opacities"])
+
+
+def test_empty_model_round_trip(tmp_path):
+    """A stage may legitimately write no Gaussians (e.g. an empty remained.ply)."""
+    for degree in (0, 3):
+        path = tmp_path / f"empty{degree}.ply"
+        GaussianModel(degree).save_ply(path)
+        m = GaussianModel.from_ply(path)
+        assert len(m) == 0 and m.max_sh_degree == degree
