@@ -10,4 +10,4 @@ OUT=${1:-demo}
 ITER=${DEMO_ITERATIONS:-400}
 DEFAULT_ARGS="-r 2 --densify_from_iter 150 --densify_until_iter 350 --densify_grad_threshold 0.0004 --sh_degree 0 --position_lr_max_steps $ITER"
 python scripts/make_demo_scene.py "$OUT/scene" --overwrite --no-progress --iteration "$ITER"
-bash scripts/run_scene.sh "$OUT/scene" "$OUT/model" --iterations "$ITER" ${DEMO_TRAIN_ARGS-$DEFAULT_ARGS}
+SEG2D_ARGS="--backend masks" bash scripts/run_scene.sh "$OUT/scene" "$OUT/model" --iterations "$ITER" ${DEMO_TRAIN_ARGS-$DEFAULT_ARGS}
