@@ -17,6 +17,8 @@ import torch
 import yaml
 from PIL import Image
 
+from utils.meshes import point_triangle_distance, points_to_mesh_distance
+
 from tests.test_scripts import ROOT, run, tree
 from utils.errors import InputError
 from utils.masks import (
@@ -234,40 +236,11 @@ def trained(tmp_path_factory):
     return D, M, prompts, result.seconds
 
 
-def _point_triangle_distance(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
-    """[P] distance of points [P, 3] to the nearest of triangles [T, 3, 3] (closest-point regions of
-    the triangle: vertices, edges, face; vectorised)."""
-    a, b, c = tri[None, :, 0], tri[None, :, 1], tri[None, :, 2]
-    p = p[:, None]
-    ab, ac, ap, bp, cp = b - a, c - a, p - a, p - b, p - c
-    d1, d2 = (ab * ap).sum(-1), (ac * ap).sum(-1)
-    d3, d4 = (ab * bp).sum(-1), (ac * bp).sum(-1)
-    d5, d6 = (ab * cp).sum(-1), (ac * cp).sum(-1)
-    va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
-
-    def safe(x):
-        return np.where(np.abs(x) < 1e-30, 1e-30, x)
-
-    den = safe(va + vb + vc)
-    q = a + ab * (vb / den)[..., None] + ac * (vc / den)[..., None]  # inside the face
-    regions = [  # later entries win: edges, then vertices
-        ((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0), b + (c - b) * ((d4 - d3) / safe(d4 - d3 + d5 - d6))[..., None]),
-        ((vb <= 0) & (d2 >= 0) & (d6 <= 0), a + ac * (d2 / safe(d2 - d6))[..., None]),
-        ((vc <= 0) & (d1 >= 0) & (d3 <= 0), a + ab * (d1 / safe(d1 - d3))[..., None]),
-        ((d6 >= 0) & (d5 <= d6), np.broadcast_to(c, q.shape)),
-        ((d3 >= 0) & (d4 <= d3), np.broadcast_to(b, q.shape)),
-        ((d1 <= 0) & (d2 <= 0), np.broadcast_to(a, q.shape)),
-    ]
-    for cond, val in regions:
-        q = np.where(cond[..., None], val, q)
-    return np.linalg.norm(p - q, axis=-1).min(1)
-
-
 def test_point_triangle_distance_helper():
     tri = np.array([[[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]])
     pts = np.array([[0.2, 0.2, 0.5], [-1, -1, 0], [2, 0, 1], [0.5, 0.5, 0], [0.5, -2, 0], [-3, 0.5, 0]])
     want = [0.5, math.sqrt(2), math.sqrt(2), 0.0, 2.0, 3.0]
-    np.testing.assert_allclose(_point_triangle_distance(pts, tri), want, atol=1e-12)
+    np.testing.assert_allclose(point_triangle_distance(pts, tri), want, atol=1e-12)
 
 
 def on_object(xyz: np.ndarray, D, prompts: list[str]) -> np.ndarray:
@@ -281,11 +254,7 @@ def on_object(xyz: np.ndarray, D, prompts: list[str]) -> np.ndarray:
     for prompt in prompts:
         mesh = trimesh.load(D / "gt" / "meshes" / f"{prompt}.ply", process=False)
         tri = np.asarray(mesh.vertices)[np.asarray(mesh.faces)]
-        lo, hi = tri.reshape(-1, 3).min(0) - 2 * ON_OBJECT_DISTANCE, tri.reshape(-1, 3).max(0) + 2 * ON_OBJECT_DISTANCE
-        near = np.flatnonzero(((xyz >= lo) & (xyz <= hi)).all(1))
-        for s in range(0, len(near), 128):
-            idx = near[s:s + 128]
-            best[idx] = np.minimum(best[idx], _point_triangle_distance(xyz[idx], tri))
+        best = np.minimum(best, points_to_mesh_distance(xyz, tri, margin=2 * ON_OBJECT_DISTANCE))
     return (best <= ON_OBJECT_DISTANCE) & (best < np.abs(xyz[:, 2] - top))
 
 
