@@ -30,6 +30,16 @@ from utils.io import write_json  # noqa: E402
 from utils.meshes import points_to_mesh_distance  # noqa: E402
 
 
+def mesh_triangles(path: str) -> np.ndarray:
+    """[T, 3, 3] triangles of a PLY mesh (plyfile; no trimesh needed)."""
+    from plyfile import PlyData
+
+    ply = PlyData.read(path)
+    v = np.stack([ply["vertex"][k] for k in ("x", "y", "z")], 1).astype(np.float64)
+    faces = np.stack(ply["face"]["vertex_indices"]).astype(np.int64)
+    return v[faces]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-s", "--source_path", required=True, help="demo scene folder D (with masks/ and gt/)")
@@ -56,16 +66,14 @@ def main() -> None:
                 a = render(cam, parts[prompt]).alpha[0].cpu().numpy() > 0.5
             ious.append(float((a & gt).sum() / (a | gt).sum()))
         result["objects"][prompt] = {"mean_iou": float(np.mean(ious)), "views": len(ious), "gaussians": len(parts[prompt])}
+        print(f"{prompt}: mean IoU {np.mean(ious):.3f} over {len(ious)} views, {len(parts[prompt])} Gaussians", flush=True)
     top = json.load(open(os.path.join(D, "scene_meta.json")))["config"]["table_height"]
     on = {}
     for name, m in parts.items():
         xyz = m.means.detach().cpu().numpy().astype(np.float64)
         best = np.full(len(xyz), np.inf)
         for prompt in prompts:
-            import trimesh
-
-            mesh = trimesh.load(os.path.join(D, "gt", "meshes", f"{prompt}.ply"), process=False)
-            tri = np.asarray(mesh.vertices)[np.asarray(mesh.faces)]
+            tri = mesh_triangles(os.path.join(D, "gt", "meshes", f"{prompt}.ply"))
             best = np.minimum(best, points_to_mesh_distance(xyz, tri, margin=2 * args.on_object_distance))
         on[name] = int(((best <= args.on_object_distance) & (best < np.abs(xyz[:, 2] - top))).sum())
     total_on = sum(on.values())
@@ -73,8 +81,6 @@ def main() -> None:
     result["on_object_left_in_remained"] = on["remained"]
     result["remained_share_of_on_object"] = on["remained"] / max(total_on, 1)
     write_json(os.path.join(M, "gs_seg", "eval.json"), result)
-    for prompt, r in result["objects"].items():
-        print(f"{prompt}: mean IoU {r['mean_iou']:.3f} over {r['views']} views, {r['gaussians']} Gaussians")
     print(f"remained keeps {on['remained']}/{total_on} = {result['remained_share_of_on_object']:.2%} of the on-object Gaussians")
 
 
