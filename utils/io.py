@@ -57,6 +57,17 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(path, f"invalid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (provenance records)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def image_stem(name: str) -> str:
     """The project's one image-name rule: the file name without its last extension."""
     return os.path.splitext(os.path.basename(name))[0]

@@ -9,22 +9,15 @@ new ``.bak``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import torch
 
+from utils.io import file_sha256  # noqa: F401  (part of this module's API)
+
 GENERATED = "generated"
 BACKUP_SUFFIX = ".bak"
 TRUNCATION_RECORD = "truncation.json"
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def opacity_keep_mask(opacity_logits: torch.Tensor, threshold: float) -> torch.Tensor:
