@@ -76,7 +76,7 @@ def main() -> None:
             for v in tqdm(views, desc=f"rendering {name}", disable=args.quiet):
                 out = render(v.camera, model, bg, backend=mp.renderer, near_plane=pp.near_plane, far_plane=pp.far_plane, eps2d=pp.eps2d)
                 img = out.image.clamp(0, 1)
-                gt = v.image if v.alpha is None else v.image + (1 - v.alpha) * bg[:, None, None]
+                gt = v.target(bg)
                 save_image(os.path.join(out_dir, "renders", f"{v.camera.image_name}.png"), img)
                 save_image(os.path.join(out_dir, "gt", f"{v.camera.image_name}.png"), gt)
                 rec = {"psnr": psnr(img, gt), "ssim": ssim_metric(img, gt)}

@@ -59,8 +59,6 @@ def main() -> None:
     log.info("%d train / %d test views at %dx%d, %d points, extent %.3f", len(scene.train_cameras), len(scene.test_cameras),
              scene.train_cameras[0].width, scene.train_cameras[0].height, len(scene.points_xyz), scene.extent)
 
-    if len(scene.points_xyz) == 0:
-        raise InputError(os.path.join(mp.source_path, "sparse"), "the COLMAP model has no 3D points to initialise from")
     if args.start_checkpoint and not os.path.isfile(args.start_checkpoint):
         raise InputError(args.start_checkpoint, "checkpoint not found")
     views = load_scene_views(scene, mp, op, device, args.quiet)  # validates every image before anything is written

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from scene.gaussian_ply import (  # noqa: F401  (re-exported: the PLY layout lives in a torch-free module)
+    C0,
     GaussianArrays,
     has_gaussian_properties,
     num_sh_bases,
@@ -40,7 +41,6 @@ from scene.gaussian_ply import (  # noqa: F401  (re-exported: the PLY layout liv
     write_gaussian_ply,
 )
 
-C0 = 0.28209479177387814
 PARAM_NAMES = ("means", "sh0", "shN", "opacities", "scales", "quats")
 
 

@@ -17,6 +17,8 @@ import numpy as np
 from utils.errors import InputError
 from utils.io import atomic_path
 
+C0 = 0.28209479177387814  # degree-0 SH basis constant: rgb = 0.5 + C0 * f_dc
+
 
 def num_sh_bases(degree: int) -> int:
     return (degree + 1) ** 2

@@ -19,11 +19,11 @@ from typing import Optional
 
 import numpy as np
 
-from scene.gaussian_ply import GaussianArrays, gaussian_arrays_from_vertex, has_gaussian_properties, write_gaussian_ply
+from scene.colmap import rotmat_to_qvec
+from scene.gaussian_ply import C0, GaussianArrays, gaussian_arrays_from_vertex, has_gaussian_properties, write_gaussian_ply
 from utils.errors import InputError
 from utils.io import file_sha256, write_json
 
-C0 = 0.28209479177387814
 SELECTED = "masked_image_rgba_selected"
 GENERATED = "generated"
 PROXY_EXTENSIONS = (".ply", ".glb", ".obj")  # looked for in this order
@@ -212,35 +212,6 @@ def _sample_texture(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
-def rotmat_to_quat_wxyz(r: np.ndarray) -> np.ndarray:
-    """[N,3,3] rotation matrices -> [N,4] unit quaternions (w, x, y, z), w >= 0."""
-    m = r.reshape(-1, 3, 3)
-    t = np.trace(m, axis1=1, axis2=2)
-    cands = np.stack([1 + t, 1 + 2 * m[:, 0, 0] - t, 1 + 2 * m[:, 1, 1] - t, 1 + 2 * m[:, 2, 2] - t], axis=1)
-    best = np.argmax(cands, axis=1)
-    q = np.zeros((len(m), 4))
-    for i in range(4):
-        sel = best == i
-        if not sel.any():
-            continue
-        mm = m[sel]
-        s = 2.0 * np.sqrt(np.maximum(cands[sel, i], 1e-300))
-        if i == 0:
-            q[sel] = np.stack([s / 4, (mm[:, 2, 1] - mm[:, 1, 2]) / s, (mm[:, 0, 2] - mm[:, 2, 0]) / s,
-                               (mm[:, 1, 0] - mm[:, 0, 1]) / s], axis=1)
-        elif i == 1:
-            q[sel] = np.stack([(mm[:, 2, 1] - mm[:, 1, 2]) / s, s / 4, (mm[:, 0, 1] + mm[:, 1, 0]) / s,
-                               (mm[:, 0, 2] + mm[:, 2, 0]) / s], axis=1)
-        elif i == 2:
-            q[sel] = np.stack([(mm[:, 0, 2] - mm[:, 2, 0]) / s, (mm[:, 0, 1] + mm[:, 1, 0]) / s, s / 4,
-                               (mm[:, 1, 2] + mm[:, 2, 1]) / s], axis=1)
-        else:
-            q[sel] = np.stack([(mm[:, 1, 0] - mm[:, 0, 1]) / s, (mm[:, 0, 2] + mm[:, 2, 0]) / s,
-                               (mm[:, 1, 2] + mm[:, 2, 1]) / s, s / 4], axis=1)
-    q *= np.where(q[:, :1] < 0, -1.0, 1.0)
-    return q / np.linalg.norm(q, axis=1, keepdims=True)
-
-
 def mesh_to_gaussians(
     parts: list[MeshPart],
     count: int = DEFAULT_GAUSSIANS_PER_MESH,
@@ -279,7 +250,7 @@ def mesh_to_gaussians(
     normal = cross[face] / double_area[face, None]
     t1 = e1[face] / np.linalg.norm(e1[face], axis=1, keepdims=True)
     t2 = np.cross(normal, t1)
-    rot = rotmat_to_quat_wxyz(np.stack([t1, t2, normal], axis=2))  # columns: the axes of scale_0..2
+    rot = rotmat_to_qvec(np.stack([t1, t2, normal], axis=2))  # columns: the axes of scale_0..2
 
     sigma = np.sqrt(total / count)
     log_s = np.log(np.array([sigma, sigma, sigma * normal_scale_ratio]))

@@ -74,7 +74,7 @@ class SegmentationParams:
     grow_share: float = opt(0.5, "growth: share of those neighbours that must carry the object's label (Gaussians without evidence need a strict majority)")
     grow_rounds: int = opt(2, "growth: rounds of growth (each round can extend the previous one)")
     fill_unseen: bool = opt(True, "growth: Gaussians without reliable 2D evidence (confidence < --min_votes, e.g. occluded inside an object) take their neighbours' majority label")
-    cluster_radius: float = opt(0.2, "floater removal: link Gaussians closer than this fraction of the object's robust extent (<= 0 disables)")
+    cluster_radius: float = opt(0.2, "floater removal: link Gaussians closer than this fraction of the object's robust box diagonal (5-95 percentiles; <= 0 disables)")
     cluster_nn_factor: float = opt(4.0, "floater removal: the link radius is at least this multiple of the median nearest-neighbour spacing")
     cluster_keep_fraction: float = opt(0.2, "floater removal: keep every connected component with at least this fraction of the largest one's Gaussians")
     sor_neighbors: int = opt(8, "statistical outlier removal: neighbours per Gaussian (0 disables)")
@@ -266,7 +266,7 @@ def grow_labels(xyz: np.ndarray, labels: np.ndarray, scores: np.ndarray, confide
 # ---------------------------------------------------------------------------------------------
 # Floaters
 # ---------------------------------------------------------------------------------------------
-def robust_extent(xyz: np.ndarray, lo: float = 5.0, hi: float = 95.0) -> float:
+def robust_diagonal(xyz: np.ndarray, lo: float = 5.0, hi: float = 95.0) -> float:
     """Diagonal of the box spanned by the ``lo``..``hi`` percentiles of [M, 3] points (0 if M < 2)."""
     if len(xyz) < 2:
         return 0.0
@@ -278,7 +278,7 @@ def cluster_keep_mask(xyz: np.ndarray, radius_fraction: float = 0.2, nn_factor: 
                       keep_fraction: float = 0.2) -> np.ndarray:
     """Connected components of the radius graph of [M, 3] centres; [M] bool, True = kept.
 
-    The link radius is ``max(radius_fraction * robust_extent, nn_factor * median 1-NN spacing)``.
+    The link radius is ``max(radius_fraction * robust_diagonal, nn_factor * median 1-NN spacing)``.
     The largest component is kept, and every other one with at least ``keep_fraction`` of its
     size (an object seen in two clear parts keeps both; small clumps are floaters).
     """
@@ -291,7 +291,7 @@ def cluster_keep_mask(xyz: np.ndarray, radius_fraction: float = 0.2, nn_factor: 
 
     tree = cKDTree(xyz)
     nn = tree.query(xyz, k=2)[0][:, 1]
-    radius = max(radius_fraction * robust_extent(xyz), nn_factor * float(np.median(nn)))
+    radius = max(radius_fraction * robust_diagonal(xyz), nn_factor * float(np.median(nn)))
     if radius <= 0:
         return np.ones(m, dtype=bool)
     pairs = tree.query_pairs(radius, output_type="ndarray")
@@ -400,6 +400,6 @@ def segment(xyz: np.ndarray, votes: VoteAccumulator, params: SegmentationParams)
 
 __all__ = [
     "MASK_FOLDER", "UNASSIGNED", "LiftResult", "SegmentationParams", "VoteAccumulator", "assign_objects",
-    "cluster_keep_mask", "grow_labels", "lift_masks", "load_view_masks", "mask_paths", "remove_floaters", "robust_extent", "segment",
+    "cluster_keep_mask", "grow_labels", "lift_masks", "load_view_masks", "mask_paths", "remove_floaters", "robust_diagonal", "segment",
     "statistical_inliers", "with_all_ones",
 ]

@@ -13,9 +13,9 @@ import os
 
 import torch
 
+from utils.generation import GENERATED  # noqa: F401  (part of this module's API)
 from utils.io import file_sha256  # noqa: F401  (part of this module's API)
 
-GENERATED = "generated"
 BACKUP_SUFFIX = ".bak"
 TRUNCATION_RECORD = "truncation.json"
 

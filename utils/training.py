@@ -72,6 +72,13 @@ class TrainView:
     depth: Optional[torch.Tensor] = None  # [1, H, W] metres (sensor), 0 = invalid
     depth_est: Optional[torch.Tensor] = None  # [1, H, W] estimated depth (any affine scale)
 
+    def target(self, background: torch.Tensor) -> torch.Tensor:
+        """[3, H, W] ground truth on ``background``'s device, composited over it where alpha < 1."""
+        img = self.image.to(background.device, non_blocking=True)
+        if self.alpha is None:
+            return img
+        return img + (1 - self.alpha.to(background.device)) * background[:, None, None]
+
 
 def load_views(
     cameras: list[Camera],
@@ -133,7 +140,7 @@ def evaluate(model: GaussianModel, views: list[TrainView], background: torch.Ten
     for v in views:
         out = render(v.camera, model, background, backend=backend, near_plane=pp.near_plane, far_plane=pp.far_plane, eps2d=pp.eps2d)
         img = out.image.clamp(0, 1)
-        gt = v.image if v.alpha is None else v.image + (1 - v.alpha) * background[:, None, None]
+        gt = v.target(background)
         psnrs.append(psnr(img, gt))
         l1s.append(float(l1_loss(img, gt)))
     return {"psnr": float(np.mean(psnrs)) if psnrs else float("nan"), "l1": float(np.mean(l1s)) if l1s else float("nan"), "views": len(views)}
@@ -142,6 +149,8 @@ def evaluate(model: GaussianModel, views: list[TrainView], background: torch.Ten
 def load_scene_views(scene: SceneData, mp: ModelParams, op: OptimizationParams, device: torch.device, quiet: bool = False):
     """(train views with their depths, test views), decoded onto the data device; validates every
     image and depth file, so call it before writing anything."""
+    if len(scene.points_xyz) == 0:
+        raise InputError(os.path.join(scene.source_path, "sparse"), "the COLMAP model has no 3D points to initialise from")
     data_device = torch.device(mp.data_device) if mp.data_device else device
 
     def folder(name: str) -> str:
@@ -197,8 +206,6 @@ def train(
     torch.manual_seed(op.seed)
     rng = np.random.default_rng(op.seed)
     gen = torch.Generator(device=device).manual_seed(op.seed)
-    if len(scene.points_xyz) == 0:
-        raise InputError(os.path.join(scene.source_path, "sparse"), "the COLMAP model has no 3D points to initialise from")
     train_views, test_views = views if views is not None else load_scene_views(scene, mp, op, device, quiet)
 
     model = GaussianModel.from_points(scene.points_xyz, scene.points_rgb, mp.sh_degree, op.init_opacity).to(device)
@@ -232,9 +239,7 @@ def train(
         view = train_views[stack.pop()]
         bg = torch.rand(3, device=device, generator=gen) if op.random_background else background
         out = render(view.camera, model, bg, backend=mp.renderer, near_plane=pp.near_plane, far_plane=pp.far_plane, eps2d=pp.eps2d)
-        gt = view.image.to(device, non_blocking=True)
-        if view.alpha is not None:
-            gt = gt + (1 - view.alpha.to(device)) * bg[:, None, None]
+        gt = view.target(bg)
         l1 = l1_loss(out.image, gt)
         loss = (1.0 - op.lambda_dssim) * l1 + op.lambda_dssim * (1.0 - ssim(out.image, gt))
         if (view.depth is not None or view.depth_est is not None) and step >= op.depth_from_iter:
