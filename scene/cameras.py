@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 @dataclass
@@ -96,6 +98,8 @@ class Camera:
         # cameras are never mutated (derived cameras are new objects), so the tensors can be kept
         key = (name, str(device))
         if key not in self._tensors:
+            import torch  # lazy: the camera geometry itself is numpy (stage 5 runs without torch)
+
             self._tensors[key] = torch.as_tensor(make(), dtype=torch.float32, device=device)
         return self._tensors[key]
 

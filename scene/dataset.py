@@ -189,6 +189,8 @@ class Description:
     opt_shape_iterations: list[int] = field(default_factory=lambda: [3, 4])
     cam_list_interval: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
+    given: frozenset = frozenset()
+    """The keys the file really contains (a default is not an instruction, e.g. cam_list_interval)."""
 
 
 def load_description(source_path: str, name: str = "description.yml") -> Description:
@@ -240,4 +242,5 @@ def load_description(source_path: str, name: str = "description.yml") -> Descrip
         if key in kwargs and kwargs[key] < 1:
             raise InputError(path, f"key {key!r} must be >= 1, got {kwargs[key]}")
     extra = {k: v for k, v in data.items() if k not in known and k != "prompts"}
-    return Description(prompts=prompts, extra=extra, **kwargs)
+    given = frozenset(k for k, v in data.items() if v is not None)
+    return Description(prompts=prompts, extra=extra, given=given, **kwargs)
