@@ -1,4 +1,7 @@
-"""Stage 5, `file` backend: importing Gaussian PLYs and meshes as canonical proxy Gaussians."""
+"""Stage 5, `file` backend: importing Gaussian PLYs and meshes as canonical proxy Gaussians.
+
+(The `trellis` backend is tested in tests/test_trellis_backend.py, the `hull` backend in
+tests/test_hull.py.)"""
 
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ C0 = 0.28209479177387814
 EXTENTS = np.array([2.0, 1.0, 0.5])  # box -> canonical half extents (0.5, 0.25, 0.125)
 
 
-def run_script(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "trellis_img2gs.py"), *args, "--quiet"],
+def run_script(*args, backend="file"):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "trellis_img2gs.py"), "--backend", backend, *args, "--quiet"],
                           cwd=ROOT, capture_output=True, text=True)
 
 
@@ -217,11 +220,25 @@ def test_demo_scene_proxies(tmp_path):
 
 
 def test_import_needs_no_torch():
-    code = ("import sys; sys.argv=['x']; import trellis_img2gs, utils.generation; "
-            "bad=[m for m in ('torch','gsplat','transformers','trimesh') if m in sys.modules]; "
+    code = ("import sys; sys.argv=['x']; import trellis_img2gs, utils.generation, utils.trellis, utils.hull; "
+            "bad=[m for m in ('torch','gsplat','transformers','trimesh','trellis','scipy') if m in sys.modules]; "
             "assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_cli_documents_every_option():
+    sys.path.insert(0, ROOT)
+    from trellis_img2gs import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["-m", "M"]).backend == "trellis"  # the authors' command line
+    for action in parser._actions:
+        assert action.help and action.help.strip(), action.option_strings
+    text = parser.format_help()
+    for flag in ("--save_type", "--trellis_model", "--attn_backend", "--spconv_algo", "--multi_image_mode", "--hull_resolution",
+                 "--hull_min_fraction", "--hull_box_margin", "--hull_visibility_tolerance", "--split_yml_name", "--proxy"):
+        assert flag in text, flag
 
 
 def expect_bad(m, *args, must_name=None):

@@ -1,19 +1,28 @@
 """Stage 5 core: proxy Gaussians for each object, in the generator's canonical frame.
 
-Only the ``file`` backend exists so far: it imports another generator's output, either a Gaussian
-PLY (3DGS layout, any SH degree), taken as is, or a mesh (.glb / .obj / mesh .ply), sampled into
-thin surface Gaussians. The canonical frame is TRELLIS's: the object inside [-0.5, 0.5]^3.
+Three backends share this module's canonical frame, options and writer:
+
+* ``file`` (here): import another generator's output, either a Gaussian PLY (3DGS layout, any SH
+  degree), taken as is, or a mesh (.glb / .obj / mesh .ply), sampled into thin surface Gaussians;
+* ``trellis`` (:mod:`utils.trellis`): the official TRELLIS image-to-3D pipeline;
+* ``hull`` (:mod:`utils.hull`): a visual hull carved from the object's masks.
+
+The canonical frame is TRELLIS's: the object inside [-0.5, 0.5]^3. Each object gets
+``M/generated/<prompt>.ply`` and ``M/generated/<prompt>.json`` (schema: object, backend, inputs
+[{path, sha256}], input_kind, normalisation {applied, scale, offset, matrix: input -> canonical},
+num_gaussians, sh_degree, seed, options, plus what the backend adds), written by
+:func:`write_outputs` only after every object was read and checked.
 
 This module is imported by ``trellis_img2gs.py``, which users may run with the python of a
 separate generator environment: it needs only numpy, Pillow and plyfile at import time (trimesh
 is imported when a mesh is read). It therefore does NOT import ``scene.gaussian_model`` or
-``utils.proxy`` (both import torch); the small numpy-level PLY reader/writer below follows the
-same 3DGS layout as ``scene.gaussian_model.read_gaussian_ply`` / ``write_gaussian_ply``.
+``utils.proxy`` (both import torch); the PLY layout is :mod:`scene.gaussian_ply` (numpy).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,8 +30,9 @@ import numpy as np
 
 from scene.colmap import rotmat_to_qvec
 from scene.gaussian_ply import C0, GaussianArrays, gaussian_arrays_from_vertex, has_gaussian_properties, write_gaussian_ply
+from utils.arguments import opt
 from utils.errors import InputError
-from utils.io import file_sha256, write_json
+from utils.io import atomic_path, file_sha256, write_json
 
 SELECTED = "masked_image_rgba_selected"
 GENERATED = "generated"
@@ -35,6 +45,28 @@ DEFAULT_OPACITY = 0.95  # activated opacity of mesh-sampled Gaussians
 DEFAULT_GREY = (0.5, 0.5, 0.5)  # colour of meshes without texture or colours
 DEFAULT_SEED = 0
 UV_EDGE_TOLERANCE = 1e-4  # texture coordinates this close outside [0, 1] are rounding, not repeats
+
+
+@dataclass
+class ProxyParams:
+    """Options shared by the backends: seeds, mesh sampling, the Gaussians made, the canonical frame."""
+
+    seed: int = opt(DEFAULT_SEED, "seed of the generator (trellis) and of the mesh surface sampling (file, trellis --save_type mesh)")
+    gaussians_per_mesh: int = opt(DEFAULT_GAUSSIANS_PER_MESH, "Gaussians sampled on a mesh proxy (file backend meshes, trellis --save_type mesh)")
+    normal_scale_ratio: float = opt(DEFAULT_NORMAL_SCALE_RATIO, "sigma along the surface normal / sigma along the surface, of mesh-sampled and hull Gaussians")
+    opacity: float = opt(DEFAULT_OPACITY, "opacity of mesh-sampled and hull Gaussians, in (0, 1)")
+    canonical: bool = opt(True, "normalise into the canonical box [-0.5, 0.5]^3 (a Gaussian PLY that fits is left as is)")
+
+    def validate(self) -> None:
+        """Raise InputError naming the first option that is out of range."""
+        if self.gaussians_per_mesh < 1:
+            raise InputError(None, f"--gaussians_per_mesh must be >= 1, got {self.gaussians_per_mesh}")
+        if self.seed < 0:
+            raise InputError(None, f"--seed must be >= 0, got {self.seed}")
+        if not 0.0 < self.normal_scale_ratio:
+            raise InputError(None, f"--normal_scale_ratio must be > 0, got {self.normal_scale_ratio}")
+        if not 0.0 < self.opacity < 1.0:
+            raise InputError(None, f"--opacity must be in (0, 1), got {self.opacity}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,9 +313,11 @@ def mesh_to_gaussians(
 # --------------------------------------------------------------------------------------------
 # The `file` backend
 # --------------------------------------------------------------------------------------------
-def list_objects(model_path: str, object_name: Optional[str], proxy: Optional[str]) -> list[str]:
+def list_objects(model_path: str, object_name: Optional[str], proxy: Optional[str],
+                 fallback: Optional[list[str]] = None) -> list[str]:
     """The prompts to process: ``object_name``; else the sorted folders of M/masked_image_rgba_selected;
-    else, for a single proxy file, its file name without extension."""
+    else, for a single proxy file, its file name without extension; else ``fallback`` (the hull
+    backend's prompts of D/description.yml)."""
     if object_name is not None:
         return [object_name]
     sel = os.path.join(model_path, SELECTED)
@@ -294,6 +328,8 @@ def list_objects(model_path: str, object_name: Optional[str], proxy: Optional[st
         return prompts
     if proxy is not None and os.path.isfile(proxy):
         return [os.path.splitext(os.path.basename(proxy))[0]]
+    if fallback:
+        return list(fallback)
     raise InputError(sel, "folder not found (run view_selection.py first, or give --object_name)")
 
 
@@ -339,6 +375,40 @@ def import_proxy(path: str, count: int = DEFAULT_GAUSSIANS_PER_MESH, seed: int =
     return g, {"input_kind": "mesh", "colour_source": kinds, "normalisation": norm.record()}
 
 
+def input_record(path: str) -> dict:
+    """{path, sha256} of an input file (provenance)."""
+    return {"path": os.path.abspath(path), "sha256": file_sha256(path)}
+
+
+@dataclass
+class ObjectOutput:
+    """What stage 5 writes for one object: the proxy Gaussians, their JSON record and, optionally,
+    a GLB file (made in a temporary folder) copied to M/generated/<prompt>.glb."""
+
+    prompt: str
+    gaussians: GaussianArrays
+    record: dict
+    glb_source: Optional[str] = None
+
+
+def write_outputs(model_path: str, outputs: list[ObjectOutput]) -> list[str]:
+    """Write every object's files (each atomically); returns the paths written."""
+    out_dir = os.path.join(model_path, GENERATED)
+    written = []
+    for o in outputs:
+        if o.glb_source is not None:
+            glb = os.path.join(out_dir, f"{o.prompt}.glb")
+            with atomic_path(glb) as tmp:
+                shutil.copyfile(o.glb_source, tmp)
+            written.append(glb)
+        ply = os.path.join(out_dir, f"{o.prompt}.ply")
+        write_gaussian_ply(ply, o.gaussians)
+        meta = os.path.join(out_dir, f"{o.prompt}.json")
+        write_json(meta, o.record)
+        written += [ply, meta]
+    return written
+
+
 def run_file_backend(model_path: str, proxy: Optional[str], object_name: Optional[str] = None,
                      count: int = DEFAULT_GAUSSIANS_PER_MESH, seed: int = DEFAULT_SEED,
                      normal_scale_ratio: float = DEFAULT_NORMAL_SCALE_RATIO, opacity: float = DEFAULT_OPACITY,
@@ -349,14 +419,9 @@ def run_file_backend(model_path: str, proxy: Optional[str], object_name: Optiona
     """
     if proxy is None:
         raise InputError(None, "the file backend needs --proxy (a proxy file or a folder of <prompt>.ply|.glb|.obj)")
-    if count < 1:
-        raise InputError(None, f"--gaussians_per_mesh must be >= 1, got {count}")
-    if seed < 0:
-        raise InputError(None, f"--seed must be >= 0, got {seed}")
-    if not 0.0 < normal_scale_ratio:
-        raise InputError(None, f"--normal_scale_ratio must be > 0, got {normal_scale_ratio}")
-    if not 0.0 < opacity < 1.0:
-        raise InputError(None, f"--opacity must be in (0, 1), got {opacity}")
+    params = ProxyParams(seed=seed, gaussians_per_mesh=count, normal_scale_ratio=normal_scale_ratio, opacity=opacity,
+                         canonical=canonical)
+    params.validate()
     prompts = list_objects(model_path, object_name, proxy)
     inputs = [find_proxy(proxy, p, len(prompts)) for p in prompts]
     options = {"gaussians_per_mesh": count, "normal_scale_ratio": normal_scale_ratio, "opacity": opacity,
@@ -364,11 +429,9 @@ def run_file_backend(model_path: str, proxy: Optional[str], object_name: Optiona
     results = []
     for prompt, path in zip(prompts, inputs):
         g, info = import_proxy(path, count, seed, normal_scale_ratio, opacity, canonical)
-        record = {"object": prompt, "backend": "file", "input": os.path.abspath(path), "input_sha256": file_sha256(path),
+        src = input_record(path)
+        record = {"object": prompt, "backend": "file", "input": src["path"], "input_sha256": src["sha256"], "inputs": [src],
                   **info, "num_gaussians": len(g), "sh_degree": g.sh_degree, "seed": seed, "options": options}
-        results.append((prompt, g, record))
-    out_dir = os.path.join(model_path, GENERATED)
-    for prompt, g, record in results:
-        write_gaussian_ply(os.path.join(out_dir, f"{prompt}.ply"), g)
-        write_json(os.path.join(out_dir, f"{prompt}.json"), record)
+        results.append(ObjectOutput(prompt, g, record))
+    write_outputs(model_path, results)
     return prompts

@@ -2,19 +2,25 @@
 
 Tensors are float32 in [0, 1], channel-first: RGB [3, H, W], alpha/masks/depth [1, H, W].
 Resizing uses PIL's bicubic filter for colour and alpha (as 3DGS) and nearest for depth.
+
+torch is imported inside the functions that make or take tensors: :func:`image_size` and
+:func:`find_image` (used by ``scene.dataset``) work without it, so camera loading stays torch-free
+(stage 5's hull backend runs with the python of a generator environment).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from utils.errors import InputError
 from utils.io import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG", ".bmp", ".tif", ".tiff")
 
@@ -47,6 +53,8 @@ def load_rgba(path: str, size: Optional[tuple[int, int]] = None) -> tuple[torch.
     Returns:
         rgb [3, H, W] (not premultiplied) and alpha [1, H, W] (None for images without alpha).
     """
+    import torch
+
     im = _open(path)
     has_alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
     im = im.convert("RGBA" if has_alpha else "RGB")
@@ -60,6 +68,8 @@ def load_rgba(path: str, size: Optional[tuple[int, int]] = None) -> tuple[torch.
 
 def load_mask(path: str, size: Optional[tuple[int, int]] = None, threshold: int = 127) -> torch.Tensor:
     """A binary mask [1, H, W] (bool) from an 8-bit mask or the alpha of an RGBA image (> threshold)."""
+    import torch
+
     im = _open(path)
     if im.mode in ("RGBA", "LA"):
         im = im.getchannel("A")
@@ -72,6 +82,8 @@ def load_mask(path: str, size: Optional[tuple[int, int]] = None, threshold: int 
 
 def load_depth(path: str, size: tuple[int, int], scale: float) -> torch.Tensor:
     """A depth map [1, H, W] in metres from a 16-bit PNG (value x ``scale``), nearest resize."""
+    import torch
+
     im = _open(path)
     arr = np.asarray(im)
     if arr.ndim != 2:
@@ -84,11 +96,15 @@ def load_depth(path: str, size: tuple[int, int], scale: float) -> torch.Tensor:
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """[C, H, W] float in [0, 1] -> [H, W, C] uint8 (rounded)."""
+    import torch
+
     return (img.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
 
 
 def save_image(path: str, img: torch.Tensor, alpha: Optional[torch.Tensor] = None) -> None:
     """Save [3, H, W] (and optional [1, H, W] alpha) as an 8-bit PNG, atomically."""
+    import torch
+
     if alpha is not None:
         img = torch.cat([img, alpha], dim=0)
     arr = to_uint8(img)
