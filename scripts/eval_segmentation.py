@@ -27,17 +27,7 @@ from scene.dataset import load_description, load_scene  # noqa: E402
 from scene.gaussian_model import GaussianModel  # noqa: E402
 from utils.arguments import device_from, read_cfg_args  # noqa: E402
 from utils.io import write_json  # noqa: E402
-from utils.meshes import points_to_mesh_distance  # noqa: E402
-
-
-def mesh_triangles(path: str) -> np.ndarray:
-    """[T, 3, 3] triangles of a PLY mesh (plyfile; no trimesh needed)."""
-    from plyfile import PlyData
-
-    ply = PlyData.read(path)
-    v = np.stack([ply["vertex"][k] for k in ("x", "y", "z")], 1).astype(np.float64)
-    faces = np.stack(ply["face"]["vertex_indices"]).astype(np.int64)
-    return v[faces]
+from utils.meshes import points_to_mesh_distance, read_mesh_triangles  # noqa: E402
 
 
 def main() -> None:
@@ -73,7 +63,7 @@ def main() -> None:
         xyz = m.means.detach().cpu().numpy().astype(np.float64)
         best = np.full(len(xyz), np.inf)
         for prompt in prompts:
-            tri = mesh_triangles(os.path.join(D, "gt", "meshes", f"{prompt}.ply"))
+            tri = read_mesh_triangles(os.path.join(D, "gt", "meshes", f"{prompt}.ply"))
             best = np.minimum(best, points_to_mesh_distance(xyz, tri, margin=2 * args.on_object_distance))
         on[name] = int(((best <= args.on_object_distance) & (best < np.abs(xyz[:, 2] - top))).sum())
     total_on = sum(on.values())

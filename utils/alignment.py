@@ -563,3 +563,169 @@ def apply_matrix(M, points) -> np.ndarray:
     M = as_matrix(M)
     X = _points(points, "points")
     return X @ M[:3, :3].T + M[:3, 3]
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-view reprojection refinement
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ReprojectionResult:
+    """Refined correction ``x' = A x + t`` (4x4 ``matrix``), its inliers and their rms image error."""
+
+    matrix: np.ndarray
+    inliers: np.ndarray
+    rmse_px: float
+    residuals_px: np.ndarray
+
+
+def project_points(points: np.ndarray, intrinsics: np.ndarray, R_cam: np.ndarray, t_cam: np.ndarray,
+                   min_depth: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Per-point pinhole projection: point i through its own camera i.
+
+    Args:
+        points [N, 3] world; intrinsics [N, 4] (fx, fy, cx, cy); R_cam [N, 3, 3], t_cam [N, 3] world-to-camera.
+    Returns:
+        (uv [N, 2] pixels, pixel centres at +0.5; z [N] camera depth, clamped below by ``min_depth``).
+    """
+    pc = np.einsum("nij,nj->ni", R_cam, points) + t_cam
+    z = np.maximum(pc[:, 2], min_depth)
+    u = intrinsics[:, 0] * pc[:, 0] / z + intrinsics[:, 2]
+    v = intrinsics[:, 1] * pc[:, 1] / z + intrinsics[:, 3]
+    return np.stack([u, v], axis=1), pc[:, 2]
+
+
+def refine_reprojection(
+    points,
+    pixels,
+    intrinsics,
+    R_cam,
+    t_cam,
+    init,
+    anisotropic: bool = False,
+    pixel_weights=None,
+    threshold: float = 3.0,
+    initial_inliers=None,
+    scale_bounds: tuple[float, float] = (0.75, 1.5),
+    loss: str = "soft_l1",
+    refine_iterations: int = 3,
+    min_inliers: int = 6,
+) -> ReprojectionResult:
+    """Refine a 3D correction T so that T(points) reprojects onto the matched pixels in each view.
+
+    Each pair i is a point X_i (world) and the pixel x_i where it is seen in camera i (its own
+    intrinsics and pose). T is a similarity ``s R`` (7 DoF) or, with ``anisotropic``,
+    ``R F^T diag(s) F`` (12 parameters, scales box-bounded by ``scale_bounds``), with translation;
+    it is parametrised about the points' centroid c, as increments of the decomposition of ``init``.
+    The residuals are image errors ``w_i (pi_i(T X_i) - x_i)`` (``pixel_weights`` w_i convert
+    pixels of each view to a common unit, e.g. pixels at the matching resolution), minimised with a
+    robust ``loss`` (scale ``threshold / 2``); then all pairs are re-thresholded at ``threshold`` and
+    the fit repeated on the inliers (``refine_iterations`` times at most).
+
+    This needs no depth on the image side: the depth of the matched pixels (from a possibly
+    degraded reconstruction) only served the 3D-3D RANSAC that produced ``init``.
+
+    Args:
+        points [N, 3]; pixels [N, 2]; intrinsics [N, 4]; R_cam [N, 3, 3]; t_cam [N, 3];
+        init [4, 4] start; initial_inliers [N] bool (default: all pairs).
+    """
+    X = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    x = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)
+    K = np.asarray(intrinsics, dtype=np.float64).reshape(-1, 4)
+    Rc = np.asarray(R_cam, dtype=np.float64).reshape(-1, 3, 3)
+    tcam = np.asarray(t_cam, dtype=np.float64).reshape(-1, 3)
+    n = len(X)
+    if not (len(x) == len(K) == len(Rc) == len(tcam) == n):
+        raise ValueError("points, pixels, intrinsics, R_cam and t_cam must have the same length")
+    w = np.ones(n) if pixel_weights is None else np.asarray(pixel_weights, dtype=np.float64).reshape(-1)
+    need = max(int(min_inliers), 4)
+    if n < need:
+        raise ValueError(f"refine_reprojection needs at least {need} pairs, got {n}")
+    if not threshold > 0:
+        raise ValueError(f"threshold must be positive, got {threshold}")
+    M0 = np.asarray(init, dtype=np.float64)
+    c = X.mean(axis=0)
+    mask = np.ones(n, dtype=bool) if initial_inliers is None else np.asarray(initial_inliers, dtype=bool).copy()
+    if mask.sum() < need:
+        mask = np.ones(n, dtype=bool)
+    if anisotropic:
+        # the constrained model R F^T diag(s) F cannot turn its frame while the scales are equal (a
+        # gauge freedom), so a free linear map is fitted first and decomposed into the start
+        lo, hi = float(scale_bounds[0]), float(scale_bounds[1])
+        L_free = M0[:3, :3].copy()
+        tc_free = L_free @ c + M0[:3, 3]
+
+        def unpack_free(p):
+            L = p[:9].reshape(3, 3)
+            return L, p[9:12] - L @ c
+
+        def res_free(p, m):
+            L, t = unpack_free(p)
+            uv, _ = project_points(X[m] @ L.T + t, K[m], Rc[m], tcam[m])
+            return ((uv - x[m]) * w[m, None]).ravel()
+
+        pf = least_squares(lambda p: res_free(p, mask), np.concatenate([L_free.ravel(), tc_free]), loss=loss,
+                           f_scale=0.5 * threshold, method="trf", x_scale="jac", max_nfev=500).x
+        L_free, t_free = unpack_free(pf)
+        if np.linalg.det(L_free) > 0:
+            M0 = as_matrix((L_free, t_free))
+        R0, F0, s0 = decompose_linear(M0[:3, :3])
+        s0 = np.clip(s0, lo * (1 + 1e-9), hi * (1 - 1e-9))
+    else:
+        s_uni = float(np.cbrt(abs(np.linalg.det(M0[:3, :3]))))
+        R0, F0, s0 = polar_rotation_np(M0[:3, :3]), np.eye(3), np.full(3, s_uni)
+    L0 = R0 @ F0.T @ np.diag(s0) @ F0
+    tc0 = L0 @ c + M0[:3, 3] + (M0[:3, :3] - L0) @ c  # T0(c)
+
+    def unpack(p):
+        R = R0 @ Rotation.from_rotvec(p[0:3]).as_matrix()
+        if anisotropic:
+            F = Rotation.from_rotvec(p[3:6]).as_matrix() @ F0
+            s = np.exp(p[6:9])
+            tc = p[9:12]
+        else:
+            F = np.eye(3)
+            s = np.full(3, math.exp(p[3]))
+            tc = p[4:7]
+        L = R @ F.T @ np.diag(s) @ F
+        return L, tc - L @ c
+
+    if anisotropic:
+        p0 = np.concatenate([np.zeros(6), np.log(s0), tc0])
+        lb, ub = np.full(12, -np.inf), np.full(12, np.inf)
+        lb[6:9], ub[6:9] = math.log(lo), math.log(hi)
+        bounds = (lb, ub)
+    else:
+        p0 = np.concatenate([np.zeros(3), [math.log(s0[0])], tc0])
+        bounds = (-np.inf, np.inf)
+
+    def residuals(L, t, m):
+        uv, _ = project_points(X[m] @ L.T + t, K[m], Rc[m], tcam[m])
+        return (uv - x[m]) * w[m, None]
+
+    def solve(p_start, m):
+        res = least_squares(lambda p: residuals(*unpack(p), m).ravel(), p_start, bounds=bounds, loss=loss,
+                            f_scale=0.5 * threshold, method="trf", x_scale="jac", max_nfev=500)
+        return res.x
+
+    p = solve(p0, mask)
+    for _ in range(refine_iterations):
+        L, t = unpack(p)
+        err = np.linalg.norm(residuals(L, t, np.ones(n, dtype=bool)), axis=1)
+        m2 = err < threshold
+        if m2.sum() < need or np.array_equal(m2, mask):
+            break
+        mask = m2
+        p = solve(p, mask)
+    L, t = unpack(p)
+    err = np.linalg.norm(residuals(L, t, np.ones(n, dtype=bool)), axis=1)
+    inl = err < threshold
+    if inl.sum() < need:
+        raise ValueError(f"reprojection refinement kept {int(inl.sum())} inliers (< {need}) at {threshold} px")
+    return ReprojectionResult(as_matrix((L, t)), inl, _rmse(err[inl]), err)
+
+
+def polar_rotation_np(A: np.ndarray) -> np.ndarray:
+    """The proper rotation nearest to a 3x3 matrix (polar decomposition via SVD)."""
+    U, _, Vt = np.linalg.svd(np.asarray(A, dtype=np.float64))
+    R, _ = _proper_rotation_from_svd(U, Vt)
+    return R
