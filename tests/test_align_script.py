@@ -101,6 +101,7 @@ def test_bad_input_missing_proxy(case, tmp_path):
     D, M = case
     M2 = tmp_path / "m"
     shutil.copytree(M, M2)
+    shutil.rmtree(M2 / "generated_aligned", ignore_errors=True)
     os.remove(M2 / "generated" / f"{PROMPT}.ply")
     proc = run("align_3dgs_clpe_9dof.py", "-s", str(D), "-m", str(M2), *ALIGN_ARGS, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -126,6 +127,7 @@ def test_bad_input_all_truncated_proxy(case, tmp_path):
     D, M = case
     M2 = tmp_path / "m"
     shutil.copytree(M, M2)
+    shutil.rmtree(M2 / "generated_aligned", ignore_errors=True)
     from scene.gaussian_ply import read_gaussian_ply, write_gaussian_ply
 
     path = M2 / "generated" / f"{PROMPT}.ply"
