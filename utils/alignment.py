@@ -644,6 +644,12 @@ def refine_reprojection(
         raise ValueError(f"threshold must be positive, got {threshold}")
     M0 = np.asarray(init, dtype=np.float64)
     c = X.mean(axis=0)
+
+    def residuals(L, t, m):
+        """[m, 2] weighted image errors of the pairs selected by m under x -> L x + t."""
+        uv, _ = project_points(X[m] @ L.T + t, K[m], Rc[m], tcam[m])
+        return (uv - x[m]) * w[m, None]
+
     mask = np.ones(n, dtype=bool) if initial_inliers is None else np.asarray(initial_inliers, dtype=bool).copy()
     if mask.sum() < need:
         mask = np.ones(n, dtype=bool)
@@ -658,12 +664,7 @@ def refine_reprojection(
             L = p[:9].reshape(3, 3)
             return L, p[9:12] - L @ c
 
-        def res_free(p, m):
-            L, t = unpack_free(p)
-            uv, _ = project_points(X[m] @ L.T + t, K[m], Rc[m], tcam[m])
-            return ((uv - x[m]) * w[m, None]).ravel()
-
-        pf = least_squares(lambda p: res_free(p, mask), np.concatenate([L_free.ravel(), tc_free]), loss=loss,
+        pf = least_squares(lambda p: residuals(*unpack_free(p), mask).ravel(), np.concatenate([L_free.ravel(), tc_free]), loss=loss,
                            f_scale=0.5 * threshold, method="trf", x_scale="jac", max_nfev=500).x
         L_free, t_free = unpack_free(pf)
         if np.linalg.det(L_free) > 0:
@@ -697,10 +698,6 @@ def refine_reprojection(
     else:
         p0 = np.concatenate([np.zeros(3), [math.log(s0[0])], tc0])
         bounds = (-np.inf, np.inf)
-
-    def residuals(L, t, m):
-        uv, _ = project_points(X[m] @ L.T + t, K[m], Rc[m], tcam[m])
-        return (uv - x[m]) * w[m, None]
 
     def solve(p_start, m):
         res = least_squares(lambda p: residuals(*unpack(p), m).ravel(), p_start, bounds=bounds, loss=loss,

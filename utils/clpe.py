@@ -54,11 +54,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from scene.cameras import Camera
-from utils.alignment import apply_matrix, as_matrix, fit_anisotropic, ransac_similarity
+from utils.alignment import apply_matrix, as_matrix, fit_anisotropic, polar_rotation_np, ransac_similarity
 from utils.arguments import opt
 from utils.matching import inside_mask
-from utils.registration import multi_start_icp, robust_extent, well_spread_rotations
-from utils.views import erode
+from utils.registration import multi_start_icp, robust_extent, rotation_angle_between, well_spread_rotations
+from utils.views import erode, mask_bbox
 
 log = logging.getLogger(__name__)
 
@@ -286,14 +286,6 @@ def sharpen_opacities(opacity_logits, power: float):
 # --------------------------------------------------------------------------------------------
 # Windows, crops, depth lookup and lifting
 # --------------------------------------------------------------------------------------------
-def mask_box(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:
-    """(x0, y0, x1, y1) with exclusive ends of the True pixels, or None."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-
-
 def projected_box(camera: Camera, xyz: np.ndarray) -> Optional[tuple[float, float, float, float]]:
     """Box of the projections of the points in front of the camera, or None."""
     uv, z = camera.project(xyz)
@@ -461,7 +453,7 @@ def view_correspondences(view: RealView, obj, proxy, proxy_xyz: np.ndarray, rend
     """
     cam = view.camera
     empty = np.zeros((0, 3))
-    win = window([mask_box(view.mask), projected_box(cam, proxy_xyz)], cam.width, cam.height, params.crop_margin)
+    win = window([mask_bbox(view.mask), projected_box(cam, proxy_xyz)], cam.width, cam.height, params.crop_margin)
     if win is None:
         return ViewPairs(cam.image_name, empty, empty, np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((1, 1, 3), np.uint8),
                          np.zeros((1, 1, 3), np.uint8), note="no window")
@@ -555,16 +547,17 @@ def solve_round(pairs: Sequence[ViewPairs], shape: bool, size: float, params: Al
     return RoundSolve(ref.matrix, ref.inliers, ref.rmse_px, ("anisotropic" if shape else "similarity") + "+reprojection")
 
 
+def polar_angle_deg(A: np.ndarray) -> float:
+    """Rotation angle (degrees) of the polar (nearest proper) rotation of a 3x3 linear map."""
+    return math.degrees(float(rotation_angle_between(polar_rotation_np(A), np.eye(3))))
+
+
 def correction_size(T: np.ndarray, centre: np.ndarray, size: float) -> dict:
     """How far a correction is from the identity: rotation (deg), max relative axis scale change,
     displacement of the object centre relative to the object size."""
     A = T[:3, :3]
-    U, S, Vt = np.linalg.svd(A)
-    R = U @ Vt
-    if np.linalg.det(R) < 0:
-        U[:, -1] *= -1
-        R = U @ Vt
-    angle = math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(R) - 1.0) / 2.0))))
+    S = np.linalg.svd(A, compute_uv=False)
+    angle = polar_angle_deg(A)
     moved = apply_matrix(T, centre[None])[0] - centre
     return {"rotation_deg": angle, "scale": float(np.max(np.abs(S - 1.0))), "translation": float(np.linalg.norm(moved) / size)}
 
@@ -746,9 +739,8 @@ def transform_errors(M_est: np.ndarray, M_true: np.ndarray, points: np.ndarray) 
     """
     P = np.asarray(points, dtype=np.float64)
     E = np.linalg.solve(M_true[:3, :3], M_est[:3, :3])
-    U, S, Vt = np.linalg.svd(E)
-    R = U @ Vt
-    angle = math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(R) - 1.0) / 2.0))))
+    S = np.linalg.svd(E, compute_uv=False)
+    angle = polar_angle_deg(E)
     c = np.median(P, axis=0)
     d = np.linalg.norm(apply_matrix(M_est, c[None])[0] - apply_matrix(M_true, c[None])[0])
     world = apply_matrix(M_true, P)
