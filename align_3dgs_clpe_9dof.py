@@ -131,7 +131,7 @@ def main() -> None:
     from scene.dataset import load_description, load_scene
     from scene.gaussian_model import GaussianModel
     from utils.arguments import device_from
-    from utils.clpe import RealView, align, draw_matches, resolve_schedule, transform_record
+    from utils.clpe import RealView, align, draw_matches, resolve_schedule, sharpen_opacities, transform_record
     from utils.geometry import apply_affine
     from utils.images import load_mask, load_rgba
     from utils.io import atomic_path, file_sha256, write_json
@@ -157,11 +157,27 @@ def main() -> None:
              schedule.opt_shape_iterations, schedule.cam_list_interval)
     black = torch.zeros(3, device=device)
 
+    depth_models: dict[int, tuple] = {}  # id(model) -> (model, its copy with sharpened opacities)
+
+    def depth_model(model):
+        """The copy of ``model`` whose opacities are 1 - (1 - o)^power (utils.clpe.sharpen_opacities): its
+        expected depth is the depth of the first surface. Kept for the object and the current proxy only."""
+        entry = depth_models.get(id(model))
+        if entry is None or entry[0] is not model:
+            if len(depth_models) >= 2:
+                depth_models.clear()
+            params = dict(model.raw())
+            params["opacities"] = sharpen_opacities(params["opacities"].detach(), ap.depth_opacity_power)
+            entry = depth_models[id(model)] = (model, GaussianModel(model.max_sh_degree, params))
+        return entry[1]
+
     def render_np(camera, model):
+        kw = dict(backend=mp.renderer, near_plane=pp.near_plane, far_plane=pp.far_plane, eps2d=pp.eps2d)
         with torch.no_grad():
-            out = render(camera, model, black, backend=mp.renderer, near_plane=pp.near_plane, far_plane=pp.far_plane, eps2d=pp.eps2d)
+            out = render(camera, model, black, **kw)
+            depth = out.depth if ap.depth_opacity_power == 1 else render(camera, depth_model(model), black, **kw).depth
         return (out.image.permute(1, 2, 0).cpu().numpy().astype(np.float64), out.alpha[0].cpu().numpy().astype(np.float64),
-                out.depth[0].cpu().numpy().astype(np.float64))
+                depth[0].cpu().numpy().astype(np.float64))
 
     out_dir = os.path.join(mp.model_path, OUT_DIR)
     summary = {}
