@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from scene.gaussian_model import GaussianModel
 
 BACKENDS = ("auto", "torch", "gsplat")
+RASTERIZE_MODES = ("classic", "antialiased")
 
 
 @dataclass
@@ -97,6 +98,7 @@ def rasterize(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     eps2d: float = 0.3,
+    rasterize_mode: str = "classic",
     backend: str = "auto",
     weight_masks: Optional[Tensor] = None,
     compute_weights: bool = False,
@@ -113,6 +115,8 @@ def rasterize(
         viewmat: [4, 4] world-to-camera (OpenCV). K: [3, 3] pixel intrinsics.
         background: [3] colour behind the Gaussians (default black).
         near_plane, far_plane: depth range kept. eps2d: 2D low-pass added to the projected covariance.
+        rasterize_mode: "classic" (3DGS) or "antialiased" (opacities compensated for the eps2d
+            filter, so that small Gaussians are not enlarged by it; gsplat's option of that name).
         weight_masks: optional [K, H, W] pixel weights for the per-Gaussian weight sums.
         compute_weights: also return Σ_p α_i T_i per Gaussian.
         tile_size, max_elements: torch backend tiling (ignored by gsplat but tile_size).
@@ -123,6 +127,8 @@ def rasterize(
             raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
     if weight_masks is not None and tuple(weight_masks.shape[-2:]) != (height, width):
         raise ValueError(f"weight_masks must be [K, {height}, {width}], got {tuple(weight_masks.shape)}")
+    if rasterize_mode not in RASTERIZE_MODES:
+        raise ValueError(f"rasterize_mode must be one of {RASTERIZE_MODES}, got {rasterize_mode!r}")
     device = means.device
     which = resolve_backend(backend, device)
     bg = torch.zeros(3, device=device) if background is None else background.to(device=device, dtype=means.dtype)
@@ -132,7 +138,7 @@ def rasterize(
 
         out = rasterize_gsplat(
             means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree,
-            near_plane, far_plane, eps2d, tile_size, weight_masks, compute_weights,
+            near_plane, far_plane, eps2d, tile_size, weight_masks, compute_weights, rasterize_mode,
         )
         rgb, depth, alpha = out["rgb"], out["depth"], out["alpha"]
         means2d, radii, weights = out["means2d"], out["radii"], out.get("weights")
@@ -145,13 +151,14 @@ def rasterize(
         else:
             rgb_g = colors
         covars = torch_backend.quats_scales_to_covars(quats, scales)
-        proj = torch_backend.project_gaussians(means, covars, opacities, viewmat, K, width, height, near_plane, far_plane, eps2d)
+        proj = torch_backend.project_gaussians(means, covars, opacities, viewmat, K, width, height, near_plane, far_plane, eps2d,
+                                               antialiased=rasterize_mode == "antialiased")
         means2d = proj["means2d"]
         if means2d.requires_grad:
             means2d.retain_grad()
         feats = torch.cat([rgb_g, proj["depths"][:, None]], dim=-1)
         img, alpha, weights = torch_backend.composite(
-            means2d, proj["conics"], opacities, feats, proj["radii"], proj["depths"], width, height,
+            means2d, proj["conics"], proj["opacities"], feats, proj["radii"], proj["depths"], width, height,
             tile=tile_size, max_elements=max_elements, weight_masks=weight_masks, compute_weights=compute_weights,
         )
         rgb = img[..., :3]
@@ -211,4 +218,4 @@ def render(
     )
 
 
-__all__ = ["BACKENDS", "RenderOutput", "rasterize", "render", "resolve_backend"]
+__all__ = ["BACKENDS", "RASTERIZE_MODES", "RenderOutput", "rasterize", "render", "resolve_backend"]

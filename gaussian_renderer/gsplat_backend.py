@@ -42,6 +42,7 @@ def rasterize_gsplat(
     tile_size: int = 16,
     weight_masks: Optional[Tensor] = None,
     compute_weights: bool = False,
+    rasterize_mode: str = "classic",
 ) -> dict[str, Tensor]:
     """See :func:`gaussian_renderer.rasterize`. Returns a dict of raw outputs (no background)."""
     gsplat = _import_gsplat()
@@ -62,7 +63,7 @@ def rasterize_gsplat(
         packed=False,
         tile_size=tile_size,
         render_mode="RGB+ED",
-        rasterize_mode="classic",
+        rasterize_mode=rasterize_mode,
     )
     if meta["means2d"].requires_grad:
         meta["means2d"].retain_grad()

@@ -1,11 +1,14 @@
 """Pure-PyTorch Gaussian rasterizer (any device, differentiable).
 
-It follows the maths of the CUDA rasterizer (gsplat, "classic" mode) so that the two backends
-agree to float precision:
+It follows the maths of the CUDA rasterizer (gsplat, "classic" and "antialiased" modes) so that
+the two backends agree to float precision:
 
 1. EWA projection: camera-space covariance ``W Σ Wᵀ`` pushed through the Jacobian of the
    perspective map (the camera-space x/y clamped to 1.3x the field of view), plus ``eps2d``
-   on the diagonal of the 2D covariance (low-pass filter).
+   on the diagonal of the 2D covariance (low-pass filter). In "antialiased" mode (Mip-Splatting's
+   2D filter, gsplat's ``rasterize_mode="antialiased"``) the opacity is multiplied by
+   ``sqrt(det Σ2d / det(Σ2d + eps2d I))`` so that the filter blurs a small Gaussian without
+   enlarging its footprint (in "classic" mode a sub-pixel Gaussian grows by the filter).
 2. Per Gaussian: an opacity-aware screen box ``extend = min(3.33, sqrt(2 ln(o / (1/255))))``
    standard deviations; Gaussians behind ``near``/beyond ``far``, outside the image or with
    o < 1/255 are culled (radius 0).
@@ -61,6 +64,7 @@ def project_gaussians(
     near: float = 0.01,
     far: float = 1e10,
     eps2d: float = 0.3,
+    antialiased: bool = False,
 ) -> dict[str, Tensor]:
     """EWA projection of N Gaussians into one pinhole camera.
 
@@ -68,10 +72,12 @@ def project_gaussians(
         means: [N, 3] world centres. covars: [N, 3, 3] world covariances.
         opacities: [N] activated opacities (used for the opacity-aware screen radius).
         viewmat: [4, 4] world-to-camera (OpenCV). K: [3, 3] intrinsics.
+        antialiased: compensate the opacity for the ``eps2d`` filter (see the module docstring).
 
     Returns:
         dict with ``means2d`` [N, 2] pixels, ``conics`` [N, 3] (upper triangle of the inverse
-        2D covariance: a, b, c), ``depths`` [N] camera z, ``radii`` [N, 2] int (0 = culled).
+        2D covariance: a, b, c), ``depths`` [N] camera z, ``radii`` [N, 2] int (0 = culled),
+        ``opacities`` [N] the opacities to composite with (compensated in antialiased mode).
     """
     R = viewmat[:3, :3]
     t = viewmat[:3, 3]
@@ -104,6 +110,9 @@ def project_gaussians(
     valid = valid & (det > 0)
     det_safe = torch.where(valid, det, torch.ones_like(det))
     conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], dim=-1)
+    if antialiased:
+        det_orig = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] * cov2d[:, 1, 0]
+        opacities = opacities * torch.sqrt(torch.clamp(det_orig / det_safe, min=0.0))
 
     with torch.no_grad():
         op = opacities.detach()
@@ -115,7 +124,7 @@ def project_gaussians(
         inside = (m2[:, 0] + rx > 0) & (m2[:, 0] - rx < width) & (m2[:, 1] + ry > 0) & (m2[:, 1] - ry < height)
         valid = valid & inside & (rx > 0) & (ry > 0) & torch.isfinite(m2).all(-1)
         radii = torch.stack([rx, ry], dim=-1).to(torch.int32) * valid[:, None].to(torch.int32)
-    return {"means2d": means2d, "conics": conics, "depths": tz, "radii": radii}
+    return {"means2d": means2d, "conics": conics, "depths": tz, "radii": radii, "opacities": opacities}
 
 
 def _tile_pairs(means2d: Tensor, radii: Tensor, depths: Tensor, tile: int, tiles_x: int, tiles_y: int):

@@ -42,6 +42,25 @@ def test_single_gaussian_lands_on_its_pixel_with_principal_point():
     assert out.depth[0, 6, 9] == pytest.approx(2.0, abs=1e-5)
 
 
+def test_antialiased_mode_keeps_a_small_gaussians_footprint():
+    """eps2d widens a sub-pixel Gaussian; "classic" keeps its peak opacity (so its integrated alpha
+    grows by det(S + eps I) / det S), "antialiased" scales the opacity by sqrt(det S / det(S + eps I)),
+    which keeps the integral of a faint Gaussian and its 50 % footprint close to the unfiltered one."""
+    cam = Camera(np.eye(3), np.zeros(3), 100.0, 100.0, 16.0, 16.0, 32, 32)
+    sigma_px = 0.4
+    args = (torch.tensor([[0.0, 0.0, 2.0]]), torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 3), sigma_px * 2.0 / 100.0),
+            torch.tensor([0.2]), torch.ones(1, 3), cam.viewmat_tensor(), cam.K_tensor(), cam.width, cam.height)
+    area = {}
+    for mode in ("classic", "antialiased"):
+        area[mode] = float(rasterize(*args, eps2d=0.3, rasterize_mode=mode).alpha.sum())
+    unfiltered = 0.2 * 2 * np.pi * sigma_px**2  # integral of o exp(-d^2 / 2 s^2) over the plane
+    ratio = (sigma_px**2 + 0.3) / sigma_px**2
+    assert area["classic"] == pytest.approx(unfiltered * ratio, rel=0.05)
+    assert area["antialiased"] == pytest.approx(unfiltered, rel=0.05)
+    with pytest.raises(ValueError, match="rasterize_mode"):
+        rasterize(*args, rasterize_mode="mip")
+
+
 def test_background_and_alpha_compose():
     means, quats, scales, opac, colors = random_gaussians(40)
     cam = camera()

@@ -29,21 +29,23 @@ def scene(n=20000, seed=0, device="cuda"):
     return [x.to(device) for x in (means, quats, scales, opac, sh)], cam
 
 
-def run(backend, tensors, cam, bg):
+def run(backend, tensors, cam, bg, rasterize_mode="classic"):
     means, quats, scales, opac, sh = [x.clone().requires_grad_(True) for x in tensors]
     out = rasterize(means, quats, scales, opac, sh, cam.viewmat_tensor("cuda"), cam.K_tensor("cuda"), cam.width, cam.height,
-                    sh_degree=3, background=bg, backend=backend, compute_weights=True)
+                    sh_degree=3, background=bg, backend=backend, compute_weights=True, rasterize_mode=rasterize_mode)
     w = torch.linspace(0, 1, out.image.numel(), device="cuda").reshape(out.image.shape)
     loss = (out.image * w).sum() + 0.01 * (out.depth * out.alpha).sum()
     loss.backward()
     return out, [x.grad for x in (means, quats, scales, opac, sh)]
 
 
-def test_gsplat_matches_torch_forward_and_backward():
+@pytest.mark.parametrize("rasterize_mode", ["classic", "antialiased"])
+def test_gsplat_matches_torch_forward_and_backward(rasterize_mode):
     tensors, cam = scene()
     bg = torch.tensor([0.1, 0.2, 0.3], device="cuda")
-    out_g, grads_g = run("gsplat", tensors, cam, bg)
-    out_t, grads_t = run("torch", tensors, cam, bg)
+    out_g, grads_g = run("gsplat", tensors, cam, bg, rasterize_mode)
+    out_t, grads_t = run("torch", tensors, cam, bg, rasterize_mode)
+    print(f"\n[{rasterize_mode}]", end="")
     assert out_g.backend == "gsplat" and out_t.backend == "torch"
     img_diff = float((out_g.image - out_t.image).abs().max())
     alpha_diff = float((out_g.alpha - out_t.alpha).abs().max())
