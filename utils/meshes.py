@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def point_triangle_distance(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
-    """[P] distance of points [P, 3] to the nearest of triangles [T, 3, 3] (closest-point regions of
-    the triangle: vertices, edges, face; vectorised)."""
-    a, b, c = tri[None, :, 0], tri[None, :, 1], tri[None, :, 2]
-    p = p[:, None]
+def _closest_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Distance of points ``p`` to triangles ``(a, b, c)``, all [..., 3] broadcast together (closest-point
+    regions of the triangle: vertices, edges, face; Ericson, Real-Time Collision Detection 5.1.5)."""
     ab, ac, ap, bp, cp = b - a, c - a, p - a, p - b, p - c
     d1, d2 = (ab * ap).sum(-1), (ac * ap).sum(-1)
     d3, d4 = (ab * bp).sum(-1), (ac * bp).sum(-1)
@@ -21,6 +19,7 @@ def point_triangle_distance(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
 
     den = safe(va + vb + vc)
     q = a + ab * (vb / den)[..., None] + ac * (vc / den)[..., None]  # inside the face
+    q = np.broadcast_to(q, np.broadcast_shapes(q.shape, p.shape))
     regions = [  # later entries win: edges, then vertices
         ((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0), b + (c - b) * ((d4 - d3) / safe(d4 - d3 + d5 - d6))[..., None]),
         ((vb <= 0) & (d2 >= 0) & (d6 <= 0), a + ac * (d2 / safe(d2 - d6))[..., None]),
@@ -31,23 +30,68 @@ def point_triangle_distance(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
     ]
     for cond, val in regions:
         q = np.where(cond[..., None], val, q)
-    return np.linalg.norm(p - q, axis=-1).min(1)
+    return np.linalg.norm(p - q, axis=-1)
+
+
+def point_triangle_distance(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    """[P] distance of points [P, 3] to the nearest of triangles [T, 3, 3] (brute force, vectorised)."""
+    return _closest_distance(p[:, None], tri[None, :, 0], tri[None, :, 1], tri[None, :, 2]).min(1)
 
 
 def points_to_mesh_distance(points: np.ndarray, triangles: np.ndarray, chunk: int = 128, margin: float = np.inf) -> np.ndarray:
-    """[P] distance of points [P, 3] to a mesh given as triangles [T, 3, 3].
+    """[P] exact distance of points [P, 3] to a mesh given as triangles [T, 3, 3].
 
     Points farther than ``margin`` outside the mesh's bounding box get ``inf`` without being
-    measured (cheap culling when only near points matter)."""
+    measured (cheap culling when only near points matter).
+
+    Exact with pruning: the distance to the triangle of the nearest centroid bounds each point's
+    distance from above (``ub``); only triangles whose bounding sphere (centroid, radius) comes
+    within ``ub`` can be nearer, and those are found with a KD-tree over the centroids. Triangles
+    much larger than the typical one (a floor) are always measured, so they do not widen every
+    search. ``chunk`` points are measured against the large triangles at a time.
+    """
+    from scipy.spatial import cKDTree
+
     points = np.asarray(points, dtype=np.float64)
     triangles = np.asarray(triangles, dtype=np.float64)
     out = np.full(len(points), np.inf)
     lo, hi = triangles.reshape(-1, 3).min(0) - margin, triangles.reshape(-1, 3).max(0) + margin
     near = np.flatnonzero(((points >= lo) & (points <= hi)).all(1))
-    for s in range(0, len(near), chunk):
-        idx = near[s : s + chunk]
-        out[idx] = point_triangle_distance(points[idx], triangles)
+    if len(near) == 0 or len(triangles) == 0:
+        return out
+    P = points[near]
+    centroid = triangles.mean(1)
+    radius = np.linalg.norm(triangles - centroid[:, None], axis=-1).max(1)
+    large = radius > LARGE_TRIANGLE_FACTOR * max(float(np.median(radius)), 1e-12)
+    best = np.full(len(P), np.inf)
+    big = triangles[large]
+    if len(big):
+        for s in range(0, len(P), chunk):
+            best[s : s + chunk] = point_triangle_distance(P[s : s + chunk], big)
+    small = np.flatnonzero(~large)
+    if len(small):
+        tri = triangles[small]
+        tree = cKDTree(centroid[small])
+        _, j = tree.query(P)
+        ub = np.minimum(best, _closest_distance(P, tri[j, 0], tri[j, 1], tri[j, 2]))
+        r_max = float(radius[small].max())
+        for s in range(0, len(P), PAIR_CHUNK_POINTS):
+            sl = slice(s, s + PAIR_CHUNK_POINTS)
+            lists = tree.query_ball_point(P[sl], ub[sl] + r_max)
+            counts = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+            pi = np.repeat(np.arange(len(lists)), counts) + s
+            ti = np.fromiter((k for x in lists for k in x), dtype=np.int64, count=int(counts.sum()))
+            d = _closest_distance(P[pi], tri[ti, 0], tri[ti, 1], tri[ti, 2])
+            np.minimum.at(ub, pi, d)
+        best = np.minimum(best, ub)
+    out[near] = best
     return out
+
+
+LARGE_TRIANGLE_FACTOR = 8.0
+"""Triangles whose bounding radius exceeds this multiple of the median are measured against every point."""
+PAIR_CHUNK_POINTS = 4096
+"""Points per batch of (point, candidate triangle) pairs in :func:`points_to_mesh_distance`."""
 
 
 def read_mesh_triangles(path: str) -> np.ndarray:
