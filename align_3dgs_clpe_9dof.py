@@ -171,8 +171,10 @@ def main() -> None:
             entry = depth_models[id(model)] = (model, GaussianModel(model.max_sh_degree, params))
         return entry[1]
 
-    def render_np(camera, model):
-        kw = dict(backend=mp.renderer, near_plane=pp.near_plane, far_plane=pp.far_plane, eps2d=pp.eps2d)
+    def render_np(camera, model, role):
+        """(rgb, alpha, first-surface depth) as numpy; the proxy in --proxy_rasterize_mode, the object as trained."""
+        mode = ap.proxy_rasterize_mode if role == "proxy" else "classic"
+        kw = dict(backend=mp.renderer, near_plane=pp.near_plane, far_plane=pp.far_plane, eps2d=pp.eps2d, rasterize_mode=mode)
         with torch.no_grad():
             out = render(camera, model, black, **kw)
             depth = out.depth if ap.depth_opacity_power == 1 else render(camera, depth_model(model), black, **kw).depth

@@ -1,9 +1,13 @@
 """align_3dgs_clpe_9dof.py end to end on the demo scene, and its bad-input contract.
 
-The scene is the generated demo (256x192, 24 views); the segmented object is made from the GT
-mesh (surface Gaussians) instead of a trained model, so the test exercises stage 7 alone: the
-stand-in generator output (``trellis_img2gs.py --backend file``), truncation, then alignment with
-sift, evaluated against the true transform by scripts/eval_alignment.py.
+The scene is the generated demo at 512x384 (24 views; its objects span 70-90 pixels) with stand-in
+proxies of 40000 surface Gaussians; the segmented object is made from the GT mesh (surface
+Gaussians) instead of a trained model, so the test exercises stage 7 alone: the stand-in generator
+output (``trellis_img2gs.py --backend file``), truncation, then alignment with sift and the schedule
+of description.yml, evaluated against the true transform by scripts/eval_alignment.py.
+
+At the default 256x192 (objects of 35-45 pixels) with 4000-Gaussian proxies the bars are not met:
+there the stand-in's splats are a pixel wide and bias the scale (docs/benchmarks.md, stage 7).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ def surface_object_ply(mesh_path: str, out: str, n: int = 3000, seed: int = 0) -
 def case(tmp_path_factory):
     base = tmp_path_factory.mktemp("align")
     D, M = base / "scene", base / "model"
-    run("scripts/make_demo_scene.py", str(D), "--num_views", "24", "--no-progress", "--iteration", "1")
+    run("scripts/make_demo_scene.py", str(D), "--num_views", "24", "--no-progress", "--iteration", "1", "--width", "512",
+        "--height", "384", "--proxy_gaussians", "40000")
     run("segmentation_2d.py", "-s", str(D), "--backend", "masks", "--quiet")
     for prompt in ("red box", "blue mug", "green ball"):
         os.makedirs(M / "gs_seg", exist_ok=True)
@@ -68,33 +73,40 @@ def case(tmp_path_factory):
 ALIGN_ARGS = ["--eval", "--split_yml_name", "split.yml", "--matcher", "sift", "--num_rotations", "24", "--quiet"]
 
 
+BARS = {"rotation_deg": 3.0, "max_scale_error": 0.03, "translation_rel": 0.03}  # issue #4
+
+
 @pytest.mark.slow
-def test_demo_alignment_runs_and_reports_its_error(case):
-    """The whole stage on the demo: every output, the schedule from description.yml, and the error against the
-    true transform printed. The issue's accuracy bars (3 deg / 3 % / 3 %) are NOT met yet on this 256x192 scene
-    (issue #4 stays open; figures in docs/benchmarks.md), so they are not asserted here."""
+def test_demo_alignment_meets_the_accuracy_bars(case):
+    """The whole stage on the demo, all three objects (a box, a mug, a ball whose rotation only its texture
+    gives): every output, the schedule from description.yml, and rotation < 3 deg, every axis scale < 3 %,
+    translation < 3 % of the size against the true transform; the Chamfer distance to the GT surface printed."""
     D, M = case
-    proc = run("align_3dgs_clpe_9dof.py", "-s", str(D), "-m", str(M), "--name", PROMPT, "--num_iterations", "2", *ALIGN_ARGS)
-    assert PROMPT in proc.stdout
-    out = M / "generated_aligned"
-    rec = json.loads((out / f"{PROMPT}_transform.json").read_text())
-    n_rounds = len(rec["rounds"])
-    assert (out / f"{PROMPT}.ply").is_file() and all((out / f"{PROMPT}_{i}.ply").is_file() for i in range(n_rounds))
-    assert rec["schedule"]["sources"]["cam_list_interval"] == "description.yml"
-    assert rec["schedule"]["sources"]["num_iterations"] == "option" and n_rounds <= 2
-    A = np.asarray(rec["matrix"])[:3, :3]
-    assert np.allclose(np.asarray(rec["rotation"]) @ np.asarray(rec["scale_frame"]).T @ np.diag(rec["scale"])
-                       @ np.asarray(rec["scale_frame"]), A, atol=1e-8)
-    assert any(f.endswith(".png") for f in os.listdir(M / "visual_match" / PROMPT))
+    proc = run("align_3dgs_clpe_9dof.py", "-s", str(D), "-m", str(M), *ALIGN_ARGS)
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     from eval_alignment import evaluate
 
-    res = evaluate(str(D), str(M))[PROMPT]
-    f = res["final"]
-    print(f"\n{PROMPT}: rotation {f['rotation_deg']:.2f} deg, scale errors {np.round(100 * np.asarray(f['scale_errors']), 2)} %, "
-          f"translation {100 * f['translation_rel']:.2f} % of the size, Chamfer {100 * res['chamfer']['chamfer']:.3f} cm "
-          f"(true pose {100 * res['chamfer']['with_true_transform']:.3f} cm); {rec['seconds']:.1f} s")
-    assert np.isfinite(f["rotation_deg"]) and res["chamfer"]["with_true_transform"] < 0.002  # the evaluation itself is sound
+    results = evaluate(str(D), str(M))
+    assert sorted(results) == ["blue mug", "green ball", "red box"]
+    out = M / "generated_aligned"
+    for prompt, res in results.items():
+        assert prompt in proc.stdout
+        rec = json.loads((out / f"{prompt}_transform.json").read_text())
+        n_rounds = len(rec["rounds"])
+        assert (out / f"{prompt}.ply").is_file() and all((out / f"{prompt}_{i}.ply").is_file() for i in range(n_rounds))
+        assert all(rec["schedule"]["sources"][k] == "description.yml" for k in ("num_iterations", "cam_list_interval"))
+        A = np.asarray(rec["matrix"])[:3, :3]
+        assert np.allclose(np.asarray(rec["rotation"]) @ np.asarray(rec["scale_frame"]).T @ np.diag(rec["scale"])
+                           @ np.asarray(rec["scale_frame"]), A, atol=1e-8)
+        assert any(f.endswith(".png") for f in os.listdir(M / "visual_match" / prompt))
+        f = res["final"]
+        print(f"\n{prompt}: rotation {f['rotation_deg']:.2f} deg, scale errors {np.round(100 * np.asarray(f['scale_errors']), 2)} %, "
+              f"translation {100 * f['translation_rel']:.2f} % of the size, Chamfer {100 * res['chamfer']['chamfer']:.3f} cm "
+              f"(true pose {100 * res['chamfer']['with_true_transform']:.3f} cm); coarse start by {rec['coarse']['chosen_by']}; "
+              f"{rec['seconds']:.1f} s")
+        assert res["chamfer"]["with_true_transform"] < 0.002  # the evaluation itself is sound
+        for key, bar in BARS.items():
+            assert f[key] < bar, (prompt, key, f[key])
 
 
 def test_bad_input_missing_proxy(case, tmp_path):

@@ -17,6 +17,7 @@ from utils.clpe import (
     RealView,
     ViewPairs,
     align,
+    coarse_init,
     depth_at,
     draw_matches,
     fill_outside,
@@ -26,6 +27,7 @@ from utils.clpe import (
     resolve_schedule,
     sharpen_opacities,
     transform_errors,
+    virtual_cameras,
     window,
 )
 from utils.matching import Matches
@@ -170,7 +172,7 @@ def test_a_round_without_matches_is_skipped_not_fatal():
     proxy_xyz = obj_xyz[:, [1, 0, 2]] * 2.0
     views = [RealView(c, np.zeros((c.height, c.width, 3), np.uint8), np.ones((c.height, c.width), bool)) for c in cams]
 
-    def render(cam, model):
+    def render(cam, model, role):
         h, w = cam.height, cam.width
         return np.zeros((h, w, 3)), np.ones((h, w)), np.ones((h, w))
 
@@ -191,3 +193,47 @@ def test_draw_matches_and_errors():
     T = as_matrix((Rotation.from_rotvec([0, 0, math.radians(2)]).as_matrix() * 1.01, np.zeros(3)))
     e = transform_errors(T, np.eye(4), np.random.default_rng(0).normal(size=(100, 3)))
     assert e["rotation_deg"] == pytest.approx(2.0, abs=1e-6) and e["max_scale_error"] == pytest.approx(0.01, abs=1e-9)
+
+
+def _sphere(n, rng):
+    u = rng.normal(size=(n, 3))
+    return u / np.linalg.norm(u, axis=1, keepdims=True)
+
+
+def test_appearance_pairs_pick_the_rotation_of_a_symmetric_shape():
+    """Every start fits a ball equally well; the appearance pairs (30 % outliers) decide."""
+    rng = np.random.default_rng(3)
+    R_true = Rotation.from_rotvec([0.4, -2.2, 1.1]).as_matrix()
+    M_true = as_matrix((R_true, np.array([0.3, -0.2, 0.8]), 0.12))
+    proxy = 0.45 * _sphere(3000, rng)
+    obj = apply_matrix(M_true, 0.45 * _sphere(3000, rng))
+    B = 0.45 * _sphere(200, rng)
+    A = apply_matrix(M_true, B) + rng.normal(0, 0.001, (200, 3))
+    A[:60] = rng.uniform(obj.min(0), obj.max(0), (60, 3))
+    params = AlignmentParams(num_rotations=16, icp_iterations=10)
+    M_geo, info_geo = coarse_init(obj, proxy, params)
+    M_app, info = coarse_init(obj, proxy, params, (A, B), np.random.default_rng(0))
+    e_geo = transform_errors(M_geo, M_true, proxy)["rotation_deg"]
+    e_app = transform_errors(M_app, M_true, proxy)
+    assert info_geo["chosen_by"] == "geometry" and e_geo > 10.0  # geometry alone cannot tell
+    assert info["chosen_by"] == "appearance" and info["candidates"] == 17
+    assert e_app["rotation_deg"] < 1.0 and e_app["max_scale_error"] < 0.02
+    # too few pairs: geometry only
+    _, info_few = coarse_init(obj, proxy, params, (A[:5], B[:5]))
+    assert info_few["chosen_by"] == "geometry" and "appearance_pairs" not in info_few
+
+
+def test_virtual_cameras_frame_the_proxy():
+    centre, radius, size = np.array([0.1, -0.2, 0.05]), 0.4, 200
+    cams = virtual_cameras(centre, radius, size, directions=10, rolls=4, margin=0.15)
+    assert len(cams) == 40 and len({c.image_name for c in cams}) == 40
+    for c in cams:
+        uv, z = c.project(centre[None])
+        assert np.allclose(uv[0], [100.0, 100.0], atol=1e-6) and z[0] > 0
+        # the silhouette of the sphere spans size / (1 + 2 margin) pixels
+        direction = c.R[2]  # viewing direction (third row of R)
+        side = np.cross(direction, c.R[1])
+        edge = centre - direction * radius**2 / np.linalg.norm(c.R.T @ -c.t - centre) + side * radius * math.sqrt(
+            1 - (radius / np.linalg.norm(c.R.T @ -c.t - centre)) ** 2)
+        uv_e, _ = c.project(edge[None])
+        assert np.linalg.norm(uv_e[0] - uv[0]) == pytest.approx(0.5 * size / 1.3, rel=1e-6)

@@ -34,7 +34,8 @@ Method (SPEC §4.7; the original's behaviour and bugs are in reference §8):
    than ``min_matches`` usable pairs (or whose solver fails) is skipped with a warning. The loop stops
    early when a correction is below the convergence tolerances and no shape round is left.
 
-Everything here is numpy plus injected callables: ``render(camera, gaussians)`` returns numpy
+Everything here is numpy plus injected callables: ``render(camera, gaussians, role)`` (role
+``"proxy"`` or ``"object"``: the script renders the proxy with ``proxy_rasterize_mode``) returns numpy
 ``(rgb [H, W, 3] float in [0, 1], alpha [H, W], depth [H, W])`` where depth is the depth of the
 first surface (:func:`sharpen_opacities` explains why not the plain expected depth), and ``matcher.match`` follows
 :class:`utils.matching.Matcher`, so the loop is tested with the CPU renderer and any matcher.
@@ -57,7 +58,8 @@ from scene.cameras import Camera
 from utils.alignment import apply_matrix, as_matrix, fit_anisotropic, polar_rotation_np, ransac_similarity
 from utils.arguments import opt
 from utils.matching import inside_mask
-from utils.registration import multi_start_icp, robust_extent, rotation_angle_between, well_spread_rotations
+from utils.registration import (SCORE_DISTANCE_FACTOR, multi_start_icp, robust_extent, rotation_angle_between,
+                                well_spread_rotations)
 from utils.views import erode, mask_bbox
 
 log = logging.getLogger(__name__)
@@ -83,10 +85,21 @@ class AlignmentParams:
     icp_iterations: int = opt(50, "ICP iterations per start rotation")
     icp_max_points: int = opt(3000, "ICP uses at most this many centres per cloud (evenly subsampled, deterministic)")
     min_opacity: float = opt(0.1, "proxy Gaussians below this opacity are left out of the centre cloud of the coarse step")
+    appearance_views: int = opt(6, "coarse step: this many training views (evenly spread) are matched against renders of the proxy "
+                                   "from virtual viewpoints; the 3D pairs tell apart start rotations that geometry cannot "
+                                   "(a ball, a box turned upside down) and give one more start (0 = geometry only)")
+    appearance_directions: int = opt(20, "coarse step: virtual viewing directions around the proxy (Fibonacci sphere)")
+    appearance_rolls: int = opt(0, "coarse step: in-plane rotations of each virtual view (0 = 1 for sift, which is rotation "
+                                   "invariant, else 4)")
+    coarse_score_tolerance: float = opt(0.05, "coarse step: starts whose two-way ICP score is within this of the best are "
+                                              "ranked by the appearance pairs they explain")
     crop_margin: float = opt(0.15, "the matching window is the box of the real mask and the projected proxy, enlarged by this "
                                    "fraction of its size on each side (clipped to the image)")
     match_min_size: int = opt(384, "windows whose long side is shorter are upscaled to it before matching (bicubic)")
     match_max_size: int = opt(1024, "windows whose long side is longer are downscaled to it before matching (area)")
+    proxy_rasterize_mode: str = opt("antialiased", "how the proxy is rendered for matching: antialiased (opacities compensated for "
+                                                   "the --eps2d filter, so that a proxy of small Gaussians is not rendered fatter than "
+                                                   "it is, which biases the scale low) or classic", choices=["antialiased", "classic"])
     depth_opacity_power: float = opt(5.0, "depth of the first surface: the depth pass renders opacities as 1 - (1 - o)^power "
                                           "(1 = the plain expected depth, biased deeper on semi-transparent surfaces)")
     alpha_threshold: float = opt(0.5, "a rendered pixel belongs to the silhouette (and has a usable depth) above this alpha")
@@ -131,6 +144,10 @@ class AlignmentParams:
             ("icp_iterations", self.icp_iterations >= 1, ">= 1"),
             ("icp_max_points", self.icp_max_points >= 10, ">= 10"),
             ("min_opacity", 0 <= self.min_opacity < 1, "in [0, 1)"),
+            ("appearance_views", self.appearance_views >= 0, ">= 0"),
+            ("appearance_directions", self.appearance_directions >= 1, ">= 1"),
+            ("appearance_rolls", self.appearance_rolls >= 0, ">= 0"),
+            ("coarse_score_tolerance", 0 <= self.coarse_score_tolerance <= 1, "in [0, 1]"),
             ("crop_margin", self.crop_margin >= 0, ">= 0"),
             ("match_min_size", self.match_min_size >= 16, ">= 16"),
             ("match_max_size", self.match_max_size >= self.match_min_size, ">= match_min_size"),
@@ -218,18 +235,29 @@ def object_size(xyz: np.ndarray, percentiles: Sequence[float]) -> float:
     return float(np.mean(robust_extent(xyz, percentiles)[2]))
 
 
-def coarse_init(xyz_object: np.ndarray, xyz_proxy: np.ndarray, params: AlignmentParams) -> tuple[np.ndarray, dict]:
-    """4x4 proxy -> world start: robust-extent scale, multi-start ICP scored both ways.
+def coarse_init(xyz_object: np.ndarray, xyz_proxy: np.ndarray, params: AlignmentParams,
+                appearance: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                rng: Optional[np.random.Generator] = None) -> tuple[np.ndarray, dict]:
+    """4x4 proxy -> world start: robust-extent scale, multi-start ICP scored both ways, appearance.
 
     Args:
         xyz_object: [N, 3] centres of the segmented object (world).
         xyz_proxy: [M, 3] centres of the proxy (canonical frame).
+        appearance: optional 3D pairs (world [K, 3], canonical [K, 3]) from :func:`appearance_pairs`.
 
     The scale is the geometric mean of the ratios of the sorted robust PCA extents (orientation
     independent; the original used world-axis boxes). The ICP correspondence distance is
     ``icp_distance`` x the object's mean extent; the scoring distance that ranks the starts is
     :data:`utils.registration.SCORE_DISTANCE_FACTOR` times that.
+
+    Geometry alone cannot tell apart the rotations of a symmetric shape (every start of a ball
+    scores the same, a box fits upside down). With ``appearance`` pairs, a RANSAC similarity of
+    them (refined by ICP) is one more start, and among the starts whose score is within
+    ``coarse_score_tolerance`` of the best, the one that maps the most proxy-side points within
+    ``inlier_threshold`` x size of their real-side partners wins.
     """
+    from utils.registration import bidirectional_score, icp
+
     pct = params.extent_percentiles
     e_obj = np.sort(robust_extent(xyz_object, pct)[2])
     e_pro = np.sort(robust_extent(xyz_proxy, pct)[2])
@@ -240,19 +268,34 @@ def coarse_init(xyz_object: np.ndarray, xyz_proxy: np.ndarray, params: Alignment
     src = even_subsample(xyz_proxy, params.icp_max_points)
     dst = even_subsample(xyz_object, params.icp_max_points)
     rotations = well_spread_rotations(params.num_rotations)
-    res = multi_start_icp(src, dst, rotations, scale=s0, max_correspondence_distance=params.icp_distance * size,
-                          max_iterations=params.icp_iterations)
-    M = np.asarray(res.best.matrix, dtype=np.float64)
-    info = {
-        "initial_scale": s0,
-        "object_extents": e_obj.tolist(),
-        "proxy_extents": e_pro.tolist(),
-        "object_size": size,
-        "best_start": int(res.best_index),
-        "score": res.scores[res.best_index],
-        "starts": len(rotations),
-    }
-    return M, info
+    maxd = params.icp_distance * size
+    res = multi_start_icp(src, dst, rotations, scale=s0, max_correspondence_distance=maxd, max_iterations=params.icp_iterations)
+    matrices = [np.asarray(r.matrix, dtype=np.float64) for r in res.results]
+    scores = [float(sc["score"]) for sc in res.scores]
+    chosen, how = int(res.best_index), "geometry"
+    info = {"initial_scale": s0, "object_extents": e_obj.tolist(), "proxy_extents": e_pro.tolist(), "object_size": size,
+            "starts": len(rotations)}
+    if appearance is not None and len(appearance[0]) >= params.min_matches:
+        A, B = appearance
+        thr = params.inlier_threshold * size
+        try:
+            sim = ransac_similarity(B, A, thr, max_iterations=params.ransac_iterations,
+                                    rng=rng if rng is not None else np.random.default_rng(params.seed),
+                                    min_inliers=max(3, params.min_matches // 2))
+        except ValueError as exc:
+            log.info("coarse step: no similarity from the appearance pairs (%s)", exc)
+        else:
+            r = icp(src, dst, as_matrix((sim.R, sim.t, sim.s)), maxd, params.icp_iterations)
+            matrices.append(np.asarray(r.matrix, dtype=np.float64))
+            scores.append(float(bidirectional_score(apply_matrix(matrices[-1], src), dst, SCORE_DISTANCE_FACTOR * maxd)["score"]))
+        explained = [int((np.linalg.norm(apply_matrix(M, B) - A, axis=1) < thr).sum()) for M in matrices]
+        near = [k for k in range(len(matrices)) if scores[k] >= max(scores) - params.coarse_score_tolerance]
+        chosen = max(near, key=lambda k: (explained[k], scores[k], -k))
+        how = "appearance" if chosen == len(res.results) else ("geometry+appearance" if chosen != res.best_index else "geometry")
+        info.update({"appearance_pairs": len(A), "appearance_explained": explained[chosen],
+                     "geometry_best_explained": explained[res.best_index], "candidates": len(near)})
+    info.update({"best_start": chosen, "score": scores[chosen], "chosen_by": how})
+    return matrices[chosen], info
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,7 +453,7 @@ def lift(camera: Camera, xy: np.ndarray, z: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # One view
 # --------------------------------------------------------------------------------------------
-RenderFn = Callable[[Camera, object], tuple[np.ndarray, np.ndarray, np.ndarray]]
+RenderFn = Callable[[Camera, object, str], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -444,6 +487,81 @@ def _to_uint8(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
+@dataclass
+class Side:
+    """One side of a match: a (window) camera and what it sees, at that camera's pixels."""
+
+    camera: Camera
+    image: np.ndarray  # [h, w, 3] uint8 (filled outside the mask when --fill_background)
+    mask: np.ndarray  # [h, w] bool: the silhouette
+    depth: np.ndarray  # [h, w] first-surface depth
+    valid: np.ndarray  # [h, w] bool: depth usable
+
+
+def real_side(view: RealView, win: tuple[int, int, int, int], obj, render: RenderFn, params: AlignmentParams) -> Side:
+    """The real masked crop of ``view`` in the window ``(x0, y0, w, h)``; depth from the object's render."""
+    x0, y0, w, h = win
+    wcam = view.camera.cropped(x0, y0, w, h)
+    real_mask = view.mask[y0:y0 + h, x0:x0 + w]
+    real_rgb = (view.rgb[y0:y0 + h, x0:x0 + w] * real_mask[..., None]).astype(np.uint8)
+    if params.fill_background:
+        real_rgb = fill_outside(real_rgb, real_mask)
+    _, o_alpha, o_depth = render(wcam, obj, "object")
+    return Side(wcam, real_rgb, real_mask, o_depth, real_mask & (o_alpha > params.alpha_threshold))
+
+
+def proxy_side(camera: Camera, proxy, render: RenderFn, params: AlignmentParams) -> Side:
+    """The proxy rendered from ``camera`` (silhouette = alpha above ``alpha_threshold``)."""
+    p_rgb, p_alpha, p_depth = render(camera, proxy, "proxy")
+    p_mask = p_alpha > params.alpha_threshold
+    # the render over black is premultiplied by alpha: divide it out, or the soft outline is a dark rim
+    img = _to_uint8(np.where(p_mask[..., None], p_rgb / np.maximum(p_alpha, 1e-6)[..., None], 0.0))
+    if params.fill_background:
+        img = fill_outside(img, p_mask)
+    return Side(camera, img, p_mask, p_depth, p_mask)
+
+
+@dataclass
+class SideMatches:
+    """Matches between two sides, lifted to 3D (``ok`` rows only)."""
+
+    target: np.ndarray  # [N, 3] points of side 0 in its camera's world
+    source: np.ndarray  # [N, 3] points of side 1 in its camera's world
+    xy0: np.ndarray  # [N, 2] at side 0's match resolution
+    xy1: np.ndarray  # [N, 2] at side 1's match resolution
+    pixels0: np.ndarray  # [N, 2] side 0 window pixels
+    image0: np.ndarray  # side 0 at match resolution
+    image1: np.ndarray
+    pixel_weight: float  # residual unit of side 0: window pixels, or match pixels when downscaled
+    raw: int
+
+
+def match_sides(side0: Side, side1: Side, matcher, params: AlignmentParams) -> SideMatches:
+    """Match two sides (each resized into [match_min_size, match_max_size] by its own factor) and lift
+    the matches to 3D with each side's depth through its camera; matches off a silhouette (or within
+    ``silhouette_margin`` of it) or on a depth edge are dropped."""
+    sides = (side0, side1)
+    scaled = [resize_for_matching(s.image, s.mask, match_scale(s.camera.width, s.camera.height, params.match_min_size,
+                                                                params.match_max_size)) for s in sides]
+    (img0, m0, f0), (img1, m1, f1) = scaled
+    if not side1.mask.any() or not side0.mask.any():
+        z = np.zeros((0, 3))
+        return SideMatches(z, z, np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((0, 2)), img0, img1, 1.0, 0)
+    m = matcher.match(img0, img1, m0, m1)
+    xy = [m.xy0 / np.array(f0), m.xy1 / np.array(f1)]
+    ok = np.ones(len(m), dtype=bool)
+    zs = []
+    for s, p in zip(sides, xy):
+        z, ok_s = depth_at(s.depth, s.valid, p, params.depth_edge_tolerance)
+        zs.append(z)
+        ok &= ok_s
+        if params.silhouette_margin > 0:
+            ok &= inside_mask(p, erode(s.mask, params.silhouette_margin))
+    A = lift(side0.camera, xy[0][ok], zs[0][ok])
+    B = lift(side1.camera, xy[1][ok], zs[1][ok])
+    return SideMatches(A, B, m.xy0[ok], m.xy1[ok], xy[0][ok], img0, img1, min(1.0, float(np.sqrt(f0[0] * f0[1]))), len(m))
+
+
 def view_correspondences(view: RealView, obj, proxy, proxy_xyz: np.ndarray, render: RenderFn, matcher,
                          params: AlignmentParams) -> ViewPairs:
     """Match the real masked crop of one view against the proxy render and lift both sides to 3D.
@@ -457,37 +575,85 @@ def view_correspondences(view: RealView, obj, proxy, proxy_xyz: np.ndarray, rend
     if win is None:
         return ViewPairs(cam.image_name, empty, empty, np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((1, 1, 3), np.uint8),
                          np.zeros((1, 1, 3), np.uint8), note="no window")
-    x0, y0, w, h = win
-    wcam = cam.cropped(x0, y0, w, h)
-    real_mask = view.mask[y0:y0 + h, x0:x0 + w]
-    real_rgb = view.rgb[y0:y0 + h, x0:x0 + w] * real_mask[..., None]
-    if params.fill_background:
-        real_rgb = fill_outside(real_rgb.astype(np.uint8), real_mask)
-    p_rgb, p_alpha, p_depth = render(wcam, proxy)
-    _, o_alpha, o_depth = render(wcam, obj)
-    p_mask = p_alpha > params.alpha_threshold
-    o_valid = real_mask & (o_alpha > params.alpha_threshold)
-    # the render over black is premultiplied by alpha: divide it out, or the soft outline is a dark rim
-    proxy_img = _to_uint8(np.where(p_mask[..., None], p_rgb / np.maximum(p_alpha, 1e-6)[..., None], 0.0))
-    if params.fill_background:
-        proxy_img = fill_outside(proxy_img, p_mask)
-    f = match_scale(w, h, params.match_min_size, params.match_max_size)
-    img0, m0, (sx, sy) = resize_for_matching(real_rgb.astype(np.uint8), real_mask, f)
-    img1, m1, _ = resize_for_matching(proxy_img, p_mask, f)
-    if not p_mask.any():
-        return ViewPairs(cam.image_name, empty, empty, np.zeros((0, 2)), np.zeros((0, 2)), img0, img1, note="proxy not visible")
-    m = matcher.match(img0, img1, m0, m1)
-    xy0 = m.xy0 / np.array([sx, sy])
-    xy1 = m.xy1 / np.array([sx, sy])
-    z0, ok0 = depth_at(o_depth, o_valid, xy0, params.depth_edge_tolerance)
-    z1, ok1 = depth_at(p_depth, p_mask, xy1, params.depth_edge_tolerance)
-    ok = ok0 & ok1
-    if params.silhouette_margin > 0:
-        ok &= inside_mask(xy0, erode(real_mask, params.silhouette_margin)) & inside_mask(xy1, erode(p_mask, params.silhouette_margin))
-    A = lift(wcam, xy0[ok], z0[ok])
-    B = lift(wcam, xy1[ok], z1[ok])
-    return ViewPairs(cam.image_name, A, B, m.xy0[ok], m.xy1[ok], img0, img1, pixels=xy0[ok], camera=wcam,
-                     pixel_weight=min(1.0, float(np.sqrt(sx * sy))), raw_matches=len(m))
+    real = real_side(view, win, obj, render, params)
+    prox = proxy_side(real.camera, proxy, render, params)
+    sm = match_sides(real, prox, matcher, params)
+    note = "" if prox.mask.any() else "proxy not visible"
+    return ViewPairs(cam.image_name, sm.target, sm.source, sm.xy0, sm.xy1, sm.image0, sm.image1, pixels=sm.pixels0,
+                     camera=real.camera, pixel_weight=sm.pixel_weight, raw_matches=sm.raw, note=note)
+
+
+# --------------------------------------------------------------------------------------------
+# Appearance pairs for the coarse step
+# --------------------------------------------------------------------------------------------
+VIRTUAL_DISTANCE = 4.0
+"""Virtual cameras of the coarse step stand this many proxy radii from its centre (mild perspective)."""
+
+
+def virtual_cameras(centre: np.ndarray, radius: float, size: int, directions: int, rolls: int, margin: float) -> list[Camera]:
+    """Square ``size`` x ``size`` cameras around ``centre`` looking at it, from ``directions`` well-spread
+    directions (Fibonacci sphere) x ``rolls`` in-plane rotations; the sphere of ``radius`` spans
+    ``size / (1 + 2 margin)`` pixels, as the real object spans its matching window."""
+    from scene.cameras import look_at
+    from utils.coverage import fibonacci_sphere
+
+    d = VIRTUAL_DISTANCE * radius
+    f = 0.5 * size / (1.0 + 2.0 * margin) / math.tan(math.asin(1.0 / VIRTUAL_DISTANCE))
+    cams = []
+    for i, u in enumerate(fibonacci_sphere(directions)):
+        up = np.array([0.0, 0.0, 1.0]) if abs(u[2]) < 0.9 else np.array([0.0, 1.0, 0.0])
+        R, t = look_at(centre + d * u, centre, up)
+        for k in range(rolls):
+            a = 2.0 * math.pi * k / rolls
+            Rz = np.array([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]])
+            cams.append(Camera(Rz @ R, Rz @ t, f, f, 0.5 * size, 0.5 * size, size, size, image_name=f"virtual_{i}_{k}"))
+    return cams
+
+
+def spread_indices(n: int, k: int) -> list[int]:
+    """``min(n, k)`` indices evenly spread over ``range(n)``."""
+    if k >= n:
+        return list(range(n))
+    return sorted(set(np.round(np.linspace(0, n - 1, k)).astype(int).tolist()))
+
+
+def appearance_pairs(views: Sequence[RealView], obj, proxy, proxy_xyz: np.ndarray, render: RenderFn, matcher, params: AlignmentParams,
+                     rolls: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """3D pairs (world [K, 3], proxy frame [K, 3]) between the object and a proxy in ITS OWN frame.
+
+    ``appearance_views`` training views (evenly spread among those with ``min_view_area`` mask
+    pixels; real crop = the mask box with ``crop_margin``) are each matched against renders of the
+    proxy (``render(camera, proxy, "proxy")``, proxy in its canonical frame, ``proxy_xyz`` its
+    centres) from :func:`virtual_cameras`; matches are lifted with the object's depth on the real
+    side and the proxy's depth on the virtual side. No pose of the proxy is assumed: the pairs
+    constrain the rotation where the shape does not.
+    """
+    usable = [v for v in views if v.mask.sum() >= params.min_view_area]
+    chosen = [usable[i] for i in spread_indices(len(usable), params.appearance_views)]
+    reals = []
+    for v in chosen:
+        win = window([mask_bbox(v.mask)], v.camera.width, v.camera.height, params.crop_margin)
+        if win is not None:
+            reals.append(real_side(v, win, obj, render, params))
+    info = {"views": [r.camera.image_name for r in reals], "virtual_views": 0, "pairs": 0}
+    if not reals:
+        return np.zeros((0, 3)), np.zeros((0, 3)), info
+    size = int(np.median([max(r.camera.width, r.camera.height) for r in reals]))
+    centre = np.median(proxy_xyz, axis=0)
+    radius = float(np.percentile(np.linalg.norm(proxy_xyz - centre, axis=1), 98))
+    sides = [proxy_side(c, proxy, render, params) for c in virtual_cameras(centre, radius, size, params.appearance_directions, rolls,
+                                                                          params.crop_margin)]
+    sides = [sd for sd in sides if sd.mask.any()]
+    A, B = [], []
+    for r in reals:
+        for sd in sides:
+            sm = match_sides(r, sd, matcher, params)
+            A.append(sm.target)
+            B.append(sm.source)
+    A = np.concatenate(A) if A else np.zeros((0, 3))
+    B = np.concatenate(B) if B else np.zeros((0, 3))
+    info.update({"virtual_views": len(sides), "pairs": len(A)})
+    return A, B, info
 
 
 # --------------------------------------------------------------------------------------------
@@ -630,7 +796,14 @@ def align(obj_xyz: np.ndarray, proxy_xyz: np.ndarray, views: Sequence[RealView],
         progress: wraps an iterable of cameras (e.g. tqdm) or None.
     """
     rng = np.random.default_rng(params.seed)
-    M0, coarse = coarse_init(obj_xyz, proxy_xyz, params)
+    appearance = None
+    if params.appearance_views > 0:
+        rolls = params.appearance_rolls or (1 if getattr(matcher, "name", "") == "sift" else 4)
+        A, B, a_info = appearance_pairs(views, obj, make_proxy(np.eye(4)), proxy_xyz, render, matcher, params, rolls)
+        appearance = (A, B)
+        log.info("coarse step: %d appearance pairs from %d views x %d virtual views", len(A), len(a_info["views"]),
+                 a_info["virtual_views"])
+    M0, coarse = coarse_init(obj_xyz, proxy_xyz, params, appearance, rng)
     size = coarse["object_size"]
     M = M0.copy()
     rounds: list[RoundRecord] = []
