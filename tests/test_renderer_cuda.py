@@ -47,10 +47,13 @@ def test_gsplat_matches_torch_forward_and_backward(rasterize_mode):
     out_t, grads_t = run("torch", tensors, cam, bg, rasterize_mode)
     print(f"\n[{rasterize_mode}]", end="")
     assert out_g.backend == "gsplat" and out_t.backend == "torch"
-    img_diff = float((out_g.image - out_t.image).abs().max())
-    alpha_diff = float((out_g.alpha - out_t.alpha).abs().max())
-    print(f"\nimage max abs diff {img_diff:.2e}, alpha {alpha_diff:.2e}")
-    assert img_diff < 2e-3 and alpha_diff < 2e-3
+    diff = (out_g.image - out_t.image).detach().abs()
+    img_diff = float(diff.max())
+    alpha_diff = float((out_g.alpha - out_t.alpha).detach().abs().max())
+    off = int((diff.amax(0) > 1e-3).sum())
+    print(f"\nimage max abs diff {img_diff:.2e} (mean {float(diff.mean()):.1e}, {off} px above 1e-3), alpha {alpha_diff:.2e}")
+    # float32 round-off flips the discrete cut-offs (alpha < 1/255 skipped, T < 1e-4 stops) at a pixel or two
+    assert img_diff < 5e-3 and alpha_diff < 5e-3 and off <= 2 and float(diff.mean()) < 1e-5
     assert torch.equal(out_g.radii > 0, out_t.radii > 0)
     mask = out_g.alpha > 0.05
     depth_diff = float(((out_g.depth - out_t.depth).abs() * mask).max())
