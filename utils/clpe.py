@@ -11,7 +11,9 @@ Method (SPEC §4.7; the original's behaviour and bugs are in reference §8):
    (:func:`utils.registration.robust_extent`), a deterministic well-spread rotation set
    (:func:`utils.registration.well_spread_rotations`) refined by ICP about the centroids and scored
    in both directions (:func:`utils.registration.multi_start_icp`), so that a proxy shrunk inside
-   the degraded object does not win.
+   the degraded object does not win. Symmetric shapes fit in several rotations, so a few training
+   views are also matched against renders of the proxy in its own frame from virtual viewpoints
+   (:func:`appearance_pairs`); those 3D pairs give one more start and rank the near-best starts.
 2. Closed loop, ``num_iterations`` rounds; round ``it`` uses the training cameras with index
    ``it mod l, it mod l + l, ...`` (``l = cam_list_interval``). For each camera
    (:func:`view_correspondences`):
@@ -19,7 +21,8 @@ Method (SPEC §4.7; the original's behaviour and bugs are in reference §8):
    * the window: the box of the real mask united with the box of the projected proxy, enlarged by
      ``crop_margin`` and clipped to the image; its camera is ``camera.cropped(window)`` (per-camera
      intrinsics, principal point shifted by the crop offset);
-   * the real crop (RGB x mask, black elsewhere) and the proxy render of that window camera; the
+   * the real crop (RGB x mask, black elsewhere) and the proxy render of that window camera
+     (``proxy_rasterize_mode``: antialiased, so that small splats do not draw it fatter); the
      depth of the real side is the rendered depth of O, of the proxy side the rendered depth of P;
    * both crops are resized by one factor so that their long side is within
      [``match_min_size``, ``match_max_size``] and matched; match positions are scaled back to the
