@@ -1,11 +1,21 @@
 #!/usr/bin/env python
-"""Stage 9 (scene part): render a trained 3DGS model at the test (and train) views and evaluate.
+"""Stage 9: render the test views and evaluate the refined objects against the 3DGS baseline.
 
-    python render_3dgs.py -s D -m M [-r 1] [--iteration N] [--train] [--eval --split_yml_name split.yml]
+    python render_3dgs.py -s D -m M -r 1 --iter 800 --eval --split_yml_name split.yml [--gt_meshes DIR]
 
-Writes M/<split>/ours_<N>/renders/<stem>.png, gt/<stem>.png, metrics.json (mean PSNR, SSIM and
-LPIPS when its weights are available) and per_view.json — the 3DGS layout. Options not given on
-the command line come from the training run's M/cfg_args.
+1. The trained scene (always): M/test/ours_<N>/renders/<stem>.png, gt/<stem>.png, metrics.json
+   (mean PSNR, SSIM, LPIPS when its weights are available) and per_view.json — the 3DGS layout
+   (``--iteration`` picks the trained iteration, ``--train`` adds the training views).
+2. The objects, once post_refine_gs.py has run (M/refined_aligned/refined_<iter>.ply; ``--iter``
+   -1 = the latest): at every test view
+   M/rendered_refined/<stem>.png   the refined objects together over white (RGBA, alpha = render alpha)
+   M/rendered_baseline/<stem>.png  the segmented objects M/gs_seg/<prompt>.ply together over white
+   M/rendered_scene/<stem>.png     the completed scene M/refined_aligned/scene_refined.ply
+   M/metrics.json                  per object and mean, refined vs baseline: object-masked PSNR, SSIM,
+                                   LPIPS (when available) and mask IoU against D/masked_image_rgba/<prompt>/
+                                   (utils.evaluation), and with --gt_meshes the geometry completion
+                                   metrics (Chamfer both ways in cm, F-score, EMD)
+Options not given on the command line come from the training run's M/cfg_args.
 """
 
 from __future__ import annotations
@@ -13,18 +23,33 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+from typing import Optional
 
 from utils.arguments import ModelParams, PipelineParams, add_group, device_from, extract, read_cfg_args
+from utils.evaluation import EvaluationParams
 from utils.cli import run_main, setup_logging
 
 log = logging.getLogger("render_3dgs")
+
+REFINED_DIR = "refined_aligned"
+OUT_DIRS = {"baseline": "rendered_baseline", "scene": "rendered_scene"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_group(p, ModelParams, "model", sentinel=True)
     add_group(p, PipelineParams, "pipeline")
+    add_group(p, EvaluationParams, "evaluation")
     p.add_argument("--iteration", type=int, default=-1, help="trained iteration to render (-1: the latest saved)")
+    p.add_argument("--iter", type=int, default=-1, help="refinement iterations of M/refined_aligned/refined_<iter>.ply to evaluate "
+                                                        "(-1: the latest present)")
+    p.add_argument("--gt_meshes", default="", help="folder with one GT mesh per object (<prompt>.ply): adds geometry completion "
+                                                   "metrics (default: D/gt/meshes when it exists)")
+    p.add_argument("--not_render_proposed", action="store_true", help="skip the refined objects")
+    p.add_argument("--not_render_baseline", action="store_true", help="skip the baseline objects")
+    p.add_argument("--render_refined_dir_name", default="rendered_refined", help="folder (in M) of the refined renders")
+    p.add_argument("--skip_scene", action="store_true", help="do not render and evaluate the trained scene (part 1)")
     p.add_argument("--train", action="store_true", help="also render the training views")
     p.add_argument("--skip_test", action="store_true", help="do not render the test views")
     p.add_argument("--lpips_net", default="vgg", choices=["vgg", "alex"], help="LPIPS backbone (computed only when its weights are available)")
@@ -36,16 +61,11 @@ def main() -> None:
     args = build_parser().parse_args()
     setup_logging(args.quiet)
     import torch
-    from tqdm import tqdm
 
-    from gaussian_renderer import render
     from scene.dataset import load_scene
     from scene.gaussian_model import GaussianModel
-    from utils.images import save_image
-    from utils.io import write_json
-    from utils.metrics import load_lpips, psnr, ssim_metric
+    from utils.metrics import load_lpips
     from utils.model_io import resolve_iteration
-    from utils.training import load_views
 
     if not args.model_path:
         raise SystemExit("error: -m/--model_path is required")
@@ -53,12 +73,41 @@ def main() -> None:
     pp = extract(args, PipelineParams)
     if not mp.source_path:
         raise SystemExit("error: -s/--source_path is required (no cfg_args in the model folder)")
+    ep = extract(args, EvaluationParams)
+    try:
+        ep.check()
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}")
     device = device_from(mp.device)
-    n, ply = resolve_iteration(mp.model_path, args.iteration)
     scene = load_scene(mp.source_path, mp.images, mp.resolution, mp.eval, mp.split_yml_name)
-    model = GaussianModel.from_ply(ply).to(device)
     bg = torch.tensor([1.0, 1.0, 1.0] if mp.white_background else [0.0, 0.0, 0.0], device=device)
+    trained = None
+    if not args.skip_scene:  # read every input before the (slow, chatty) LPIPS set-up
+        n, ply = resolve_iteration(mp.model_path, args.iteration)
+        trained = (n, GaussianModel.from_ply(ply).to(device))
+    refined = _refined_file(mp.model_path, args.iter)
     lpips_fn = load_lpips(args.lpips_net, device)
+    if trained is not None:
+        _render_scene(args, mp, pp, scene, trained, bg, device, lpips_fn)
+    if refined is None:
+        log.info("no refined objects in %s yet (run post_refine_gs.py): the object evaluation is skipped",
+                 os.path.join(mp.model_path, REFINED_DIR))
+        return
+    _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn)
+
+
+def _render_scene(args, mp, pp, scene, trained, bg, device, lpips_fn) -> None:
+    """Part 1: the trained scene ``(iteration, model)`` at the test (and training) views, in the 3DGS layout."""
+    import torch
+    from tqdm import tqdm
+
+    from gaussian_renderer import render
+    from utils.images import save_image
+    from utils.io import write_json
+    from utils.metrics import psnr, ssim_metric
+    from utils.training import load_views
+
+    n, model = trained
 
     sets = []
     if not args.skip_test:
@@ -89,6 +138,146 @@ def main() -> None:
         write_json(os.path.join(out_dir, "metrics.json"), metrics)
         write_json(os.path.join(out_dir, "per_view.json"), per_view)
         print(f"{name} @ {n}: PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.4f}" + (f", LPIPS {mean['lpips']:.4f}" if "lpips" in mean else ", LPIPS n/a") + f" over {len(per_view)} views -> {out_dir}")
+
+
+
+def _refined_file(model_path: str, iteration: int) -> Optional[tuple[int, str]]:
+    """(n, path) of M/refined_aligned/refined_<n>.ply (``iteration`` or the latest), None when there is none."""
+    from utils.errors import InputError
+
+    d = os.path.join(model_path, REFINED_DIR)
+    if not os.path.isdir(d):
+        return None
+    its = sorted(int(m.group(1)) for f in os.listdir(d) if (m := re.fullmatch(r"refined_(\d+)\.ply", f)))
+    if not its:
+        return None
+    if iteration < 0:
+        n = its[-1]
+    elif iteration in its:
+        n = iteration
+    else:
+        raise InputError(os.path.join(d, f"refined_{iteration}.ply"), f"not found; refined iterations present: {its}")
+    return n, os.path.join(d, f"refined_{n}.ply")
+
+
+def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) -> None:
+    """Part 2: refined vs baseline objects at the test views (see the module docstring)."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from gaussian_renderer import render
+    from scene.dataset import load_description
+    from scene.gaussian_model import GaussianModel
+    from utils.errors import InputError
+    from utils.evaluation import geometry_metrics, mean_metrics, object_view_metrics
+    from utils.images import load_mask, load_rgba, save_image
+    from utils.io import write_json
+    from utils.meshes import read_mesh_triangles
+
+    n, joint_path = refined
+    prompts = load_description(mp.source_path).prompts
+    cams = sorted(scene.test_cameras, key=lambda c: c.image_name)
+    if not cams:
+        raise InputError(os.path.join(mp.source_path, mp.split_yml_name or ""),
+                         "no test views: the objects are evaluated at held-out views (run with --eval --split_yml_name)")
+    kinds = [k for k, skip in (("refined", args.not_render_proposed), ("baseline", args.not_render_baseline)) if not skip]
+    files = {"refined": lambda p: os.path.join(mp.model_path, REFINED_DIR, f"{p}.ply"),
+             "baseline": lambda p: os.path.join(mp.model_path, "gs_seg", f"{p}.ply")}
+    hints = {"refined": "run post_refine_gs.py first", "baseline": "run segmentation_3dgs.py first"}
+    for k in kinds:
+        for p in prompts:
+            if not os.path.isfile(files[k](p)):
+                raise InputError(files[k](p), f"{k} object {p!r} not found ({hints[k]})")
+    gt_dir = os.path.join(mp.source_path, "masked_image_rgba")
+    for p in prompts:
+        missing = [c.image_name for c in cams if not os.path.isfile(os.path.join(gt_dir, p, f"{c.image_name}.png"))]
+        if missing:
+            raise InputError(os.path.join(gt_dir, p), f"no mask of object {p!r} for test views {missing[:5]} (run segmentation_2d.py)")
+
+    models = {k: {p: GaussianModel.from_ply(files[k](p)).to(device) for p in prompts} for k in kinds}
+    joint = {}
+    if "refined" in kinds:
+        joint["refined"] = GaussianModel.from_ply(joint_path).to(device)
+    if "baseline" in kinds:
+        joint["baseline"] = GaussianModel.concatenate(list(models["baseline"].values()))
+    scene_ply = os.path.join(mp.model_path, REFINED_DIR, "scene_refined.ply")
+    scene_model = GaussianModel.from_ply(scene_ply).to(device) if os.path.isfile(scene_ply) else None
+    out_dirs = {"refined": os.path.join(mp.model_path, args.render_refined_dir_name),
+                **{k: os.path.join(mp.model_path, v) for k, v in OUT_DIRS.items()}}
+    white = torch.ones(3, device=device)
+    kw = dict(backend=mp.renderer, near_plane=pp.near_plane, far_plane=pp.far_plane, eps2d=pp.eps2d)
+    per_view = {k: {p: {} for p in prompts} for k in kinds}
+    written = {k: set() for k in out_dirs}
+    with torch.no_grad():
+        for cam in tqdm(cams, desc="evaluating objects", disable=args.quiet):
+            stem, size = cam.image_name, (cam.width, cam.height)
+            for k, model in joint.items():
+                out = render(cam, model, white, **kw)
+                save_image(os.path.join(out_dirs[k], f"{stem}.png"), out.image.clamp(0, 1), out.alpha.clamp(0, 1))
+                written[k].add(f"{stem}.png")
+            if scene_model is not None:
+                out = render(cam, scene_model, bg, **kw)
+                save_image(os.path.join(out_dirs["scene"], f"{stem}.png"), out.image.clamp(0, 1))
+                written["scene"].add(f"{stem}.png")
+            for p in prompts:
+                path = os.path.join(gt_dir, p, f"{stem}.png")
+                rgb, alpha = load_rgba(path, size)
+                mask = load_mask(path, size, ep.mask_threshold)[0].to(device)
+                a = (alpha if alpha is not None else mask[None].float().cpu()).to(device)
+                gt = rgb.to(device) * a + (1.0 - a)
+                for k in kinds:
+                    out = render(cam, models[k][p], white, **kw)
+                    per_view[k][p][stem] = object_view_metrics(out.image, out.alpha, gt, mask, ep, lpips_fn)
+    for k, d in out_dirs.items():  # renders of views that are no longer test views
+        if os.path.isdir(d) and written[k]:
+            for f in os.listdir(d):
+                if f.endswith(".png") and f not in written[k]:
+                    os.remove(os.path.join(d, f))
+
+    objects = {p: {k: mean_metrics(list(per_view[k][p].values())) for k in kinds} for p in prompts}
+    mean = {k: {m: float(np.mean([objects[p][k][m] for p in prompts if m in objects[p][k]]))
+                for m in ("psnr", "ssim", "lpips", "iou") if any(m in objects[p][k] for p in prompts)} for k in kinds}
+    result = {"schema": 1, "refined_iteration": n, "test_views": [c.image_name for c in cams], "objects": objects, "mean": mean,
+              "per_view": per_view, "lpips_available": lpips_fn is not None,
+              "convention": "object rendered alone over white vs D/masked_image_rgba/<prompt>/<stem>.png over white; PSNR/SSIM/LPIPS "
+                            "on the box of GT mask and rendered silhouette (+box_margin); IoU of silhouette (alpha > "
+                            "alpha_threshold) and GT mask", "options": vars(ep)}
+    mesh_dir = args.gt_meshes or os.path.join(mp.source_path, "gt", "meshes")
+    if args.gt_meshes and not os.path.isdir(mesh_dir):
+        raise InputError(mesh_dir, "--gt_meshes folder not found")
+    if os.path.isdir(mesh_dir):
+        geo = {}
+        for p in prompts:
+            mesh = os.path.join(mesh_dir, f"{p}.ply")
+            if not os.path.isfile(mesh):
+                log.warning("no GT mesh %s: no geometry metrics for %r", mesh, p)
+                continue
+            tri = read_mesh_triangles(mesh)
+            geo[p] = {}
+            for k in kinds:
+                m = models[k][p]
+                keep = (m.opacities.reshape(-1) >= ep.min_opacity).cpu().numpy()
+                geo[p][k] = geometry_metrics(m.means.detach().cpu().numpy()[keep], tri, ep)
+        result["geometry"] = geo
+        result["geometry_meshes"] = os.path.abspath(mesh_dir)
+    write_json(os.path.join(mp.model_path, "metrics.json"), result)
+    _print_summary(result, prompts, kinds)
+
+
+def _print_summary(result: dict, prompts: list, kinds: list) -> None:
+    """A table: one row per object and kind (PSNR, SSIM, LPIPS, IoU, Chamfer, F-score)."""
+    head = f"{'object':<16}{'kind':<10}{'PSNR':>8}{'SSIM':>8}{'LPIPS':>8}{'IoU':>8}{'Chamfer cm':>12}{'F-score':>9}"
+    print(f"objects at {len(result['test_views'])} test views (refined_{result['refined_iteration']}):")
+    print(head)
+    for p in prompts + ["mean"]:
+        for k in kinds:
+            m = result["mean"][k] if p == "mean" else result["objects"][p][k]
+            g = result.get("geometry", {}).get(p, {}).get(k, {})
+            cells = [f"{m[x]:8.3f}" if x in m else f"{'n/a':>8}" for x in ("psnr", "ssim", "lpips", "iou")]
+            ch = f"{g['chamfer_cm']:12.3f}" if g else f"{'':>12}"
+            fs = f"{g['fscore']:9.3f}" if g else f"{'':>9}"
+            print(f"{p:<16}{k:<10}{''.join(cells)}{ch}{fs}")
 
 
 if __name__ == "__main__":

@@ -97,6 +97,13 @@ class OptimizationParams:
     seed: int = opt(0, "random seed (training-view order, initialisation)")
 
 
+def check_options(options: Any, checks: list[tuple[str, bool, str]]) -> None:
+    """Raise ValueError naming the first failed check ``(option name, ok, what it must be)``."""
+    for name, ok, want in checks:
+        if not ok:
+            raise ValueError(f"--{name} must be {want}, got {getattr(options, name)}")
+
+
 def add_group(parser: argparse.ArgumentParser, cls: Type, title: Optional[str] = None, sentinel: bool = False) -> argparse._ArgumentGroup:
     """Add the fields of dataclass ``cls`` as flags of a new argument group.
 

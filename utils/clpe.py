@@ -59,7 +59,7 @@ import numpy as np
 
 from scene.cameras import Camera
 from utils.alignment import apply_matrix, as_matrix, fit_anisotropic, polar_rotation_np, ransac_similarity
-from utils.arguments import opt
+from utils.arguments import check_options, opt
 from utils.matching import inside_mask
 from utils.registration import (SCORE_DISTANCE_FACTOR, multi_start_icp, robust_extent, rotation_angle_between,
                                 well_spread_rotations)
@@ -169,9 +169,7 @@ class AlignmentParams:
             ("converge_translation", self.converge_translation >= 0, ">= 0"),
             ("mask_threshold", 0 <= self.mask_threshold < 255, "in [0, 255)"),
         ]
-        for name, ok, want in checks:
-            if not ok:
-                raise ValueError(f"--{name} must be {want}, got {getattr(self, name)}")
+        check_options(self, checks)
         if any(i < 0 for i in self.opt_shape_iterations):
             raise ValueError(f"--opt_shape_iterations must be >= 0, got {self.opt_shape_iterations}")
 
