@@ -39,7 +39,7 @@ import re
 import time
 
 from utils.arguments import ModelParams, PipelineParams, add_group, extract, read_cfg_args, stage_record
-from utils.cli import run_main, setup_logging
+from utils.cli import parse_model_stage, run_main
 from utils.clpe import AlignmentParams
 from utils.errors import InputError
 from utils.matching import MatchingParams
@@ -104,12 +104,7 @@ def _check_inputs(mp: ModelParams, ap: AlignmentParams, prompts: list[str], cams
 
 def main() -> None:
     parser = build_parser()
-    args = parser.parse_args()
-    setup_logging(args.quiet)
-    if not args.model_path:
-        parser.error("-m/--model_path is required")
-    if not os.path.isdir(args.model_path):
-        raise InputError(args.model_path, "model folder not found")
+    args = parse_model_stage(parser)
     mp = extract(args, ModelParams, base=read_cfg_args(args.model_path))
     mp.resolution = args.resolution if args.resolution is not None else -1  # the authors' README gives no -r: 3DGS's -1
     pp = extract(args, PipelineParams)

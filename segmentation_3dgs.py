@@ -30,7 +30,7 @@ import os
 import time
 
 from utils.arguments import ModelParams, PipelineParams, add_group, device_from, extract, read_cfg_args, stage_record
-from utils.cli import run_main, setup_logging
+from utils.cli import parse_model_stage, run_main
 from utils.coverage import CoverageParams
 from utils.errors import InputError
 from utils.masks import MASK_FOLDER, SegmentationParams
@@ -52,12 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     parser = build_parser()
-    args = parser.parse_args()
-    setup_logging(args.quiet)
-    if not args.model_path:
-        parser.error("-m/--model_path is required")
-    if not os.path.isdir(args.model_path):
-        raise InputError(args.model_path, "model folder not found (run train_3dgs.py first)")
+    args = parse_model_stage(parser, 'run train_3dgs.py first')
     mp = extract(args, ModelParams, base=read_cfg_args(args.model_path))
     pp = extract(args, PipelineParams)
     sp = extract(args, SegmentationParams)

@@ -8,16 +8,32 @@ status 2, with no traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from utils.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import argparse
 
 EXIT_BAD_INPUT = 2
 
 
 def setup_logging(quiet: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def parse_model_stage(parser, missing_hint: str = "") -> "argparse.Namespace":
+    """Parse a stage's command line, set up logging and check that ``-m`` names an existing model folder
+    (``missing_hint`` is added to the message when it does not)."""
+    args = parser.parse_args()
+    setup_logging(args.quiet)
+    if not args.model_path:
+        parser.error("-m/--model_path is required")
+    if not os.path.isdir(args.model_path):
+        raise InputError(args.model_path, "model folder not found" + (f" ({missing_hint})" if missing_hint else ""))
+    return args
 
 
 def run_main(main: Callable[[], object]) -> None:
