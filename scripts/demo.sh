@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The demo: generate the synthetic scene (no downloads) and run the pipeline on it, on CPU or GPU.
+# The demo: generate the synthetic scene (no downloads) and run all nine stages on it, on CPU or GPU,
+# with the weight-free backends: masks (stage 1), file (stage 5: the scene's stand-in generator
+# outputs), sift (stage 7). The last stage prints the metrics table (refined vs baseline).
 #   bash scripts/demo.sh [OUT_DIR]      (default: demo/)
 # The training schedule below is sized for a 2-core CPU (about 2 minutes, see docs/benchmarks.md):
 # half resolution, 400 steps, densification from 150 to 350, SH degree 0 (the demo's shading is
@@ -10,4 +12,6 @@ OUT=${1:-demo}
 ITER=${DEMO_ITERATIONS:-400}
 DEFAULT_ARGS="-r 2 --densify_from_iter 150 --densify_until_iter 350 --densify_grad_threshold 0.0004 --sh_degree 0 --position_lr_max_steps $ITER"
 python scripts/make_demo_scene.py "$OUT/scene" --overwrite --no-progress --iteration "$ITER"
-SEG2D_ARGS="--backend masks" bash scripts/run_scene.sh "$OUT/scene" "$OUT/model" --iterations "$ITER" ${DEMO_TRAIN_ARGS-$DEFAULT_ARGS}
+SEG2D_ARGS="--backend masks" GEN_ARGS="--backend file --proxy $OUT/scene/gt/proxies" ALIGN_ARGS="--matcher sift" \
+    REFINE_ITERS=${DEMO_REFINE_ITERATIONS:-800} \
+    bash scripts/run_scene.sh "$OUT/scene" "$OUT/model" --force --iterations "$ITER" ${DEMO_TRAIN_ARGS-$DEFAULT_ARGS}
