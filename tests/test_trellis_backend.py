@@ -278,7 +278,7 @@ def test_gaussians_single_and_multi_image(fake, tmp_path):
         assert call["ss"] == {"steps": 5, "cfg_strength": 7.5} and call["slat"] == {"steps": 12, "cfg_strength": 2.5}
         assert call["formats"] == ["gaussian"] and call["device"] == "cuda"
     assert multi["mode"] == "multidiffusion"
-    internal, _ = box_points()
+    internal = fake_box_points(repo)
     for prompt in ("a", "b"):
         d, xyz = read(m / "generated" / f"{prompt}.ply")
         assert len(d.dtype.names) == 17
@@ -303,19 +303,14 @@ def test_gaussians_single_and_multi_image(fake, tmp_path):
     assert stage["backend"] == "trellis" and stage["trellis"]["ss_steps"] == 5 and stage["objects"] == ["a", "b"]
 
 
-def box_points():
-    """The fake's Gaussian centres and box (TRELLIS frame), computed as the fake does."""
-    g = np.linspace(-1, 1, 9)
-    a, b = np.meshgrid(g, g)
-    pts = []
-    for axis in range(3):
-        for sign in (-1, 1):
-            p = np.zeros((a.size, 3))
-            others = [k for k in range(3) if k != axis]
-            p[:, axis] = sign
-            p[:, others[0]], p[:, others[1]] = a.ravel(), b.ravel()
-            pts.append(p)
-    return BOX_CENTRE + np.concatenate(pts) * BOX_HALF, None
+def fake_box_points(repo):
+    """The fake's Gaussian centres (TRELLIS frame), from the fake's own ``object_box`` (one source of truth)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fake_trellis_representations", repo / "trellis" / "representations.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.object_box()[0]
 
 
 def test_mesh_and_both(fake, tmp_path):
@@ -355,7 +350,7 @@ def test_mesh_and_both(fake, tmp_path):
     r = run(env, *base, "--save_type", "both")
     assert r.returncode == 0, r.stderr
     d, xyz = read(m / "generated" / "b.ply")
-    internal, _ = box_points()
+    internal = fake_box_points(repo)
     assert len(d) == len(internal) and np.allclose(xyz, internal @ T.T, atol=1e-6)
     assert (m / "generated" / "b.glb").is_file()
     assert json.loads((m / "generated" / "b.json").read_text())["input_kind"] == "trellis_gaussians"
