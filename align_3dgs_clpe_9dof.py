@@ -39,7 +39,7 @@ import re
 import time
 
 from utils.arguments import ModelParams, PipelineParams, add_group, extract, read_cfg_args, stage_record
-from utils.cli import parse_model_stage, run_main
+from utils.cli import check_stage_options, parse_model_stage, run_main
 from utils.clpe import AlignmentParams
 from utils.errors import InputError
 from utils.matching import MatchingParams
@@ -110,13 +110,7 @@ def main() -> None:
     pp = extract(args, PipelineParams)
     ap = extract(args, AlignmentParams)
     mt = extract(args, MatchingParams)
-    if not mp.source_path:
-        parser.error("-s/--source_path is required (no cfg_args in the model folder)")
-    try:
-        ap.check()
-        mt.check()
-    except ValueError as exc:
-        parser.error(str(exc))
+    check_stage_options(parser, mp, ap, mt)
 
     import numpy as np
     import torch
@@ -128,7 +122,7 @@ def main() -> None:
     from utils.arguments import device_from
     from utils.clpe import RealView, align, draw_matches, resolve_schedule, sharpen_opacities, transform_record
     from utils.geometry import apply_affine
-    from utils.images import load_mask, load_rgba
+    from utils.images import load_rgba_and_mask
     from utils.io import atomic_path, file_sha256, write_json
     from utils.matching import make_matcher
 
@@ -188,8 +182,8 @@ def main() -> None:
         obj_xyz = obj.means.detach().cpu().numpy().astype(np.float64)
         views = []
         for cam, mpath in zip(cams, paths[prompt]["masks"]):
-            rgb, _ = load_rgba(mpath, (cam.width, cam.height))
-            mask = load_mask(mpath, (cam.width, cam.height), ap.mask_threshold)[0].numpy()
+            rgb, _, mask = load_rgba_and_mask(mpath, (cam.width, cam.height), ap.mask_threshold)
+            mask = mask[0].numpy()
             views.append(RealView(cam, (rgb.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8), mask))
         log.info("%s: %d object Gaussians, %d proxy Gaussians (%d above opacity %.2f)", prompt, len(obj), len(proxy),
                  len(proxy_xyz), ap.min_opacity)

@@ -43,7 +43,7 @@ import os
 import time
 
 from utils.arguments import ModelParams, PipelineParams, add_group, extract, read_cfg_args, stage_record
-from utils.cli import parse_model_stage, run_main
+from utils.cli import check_stage_options, parse_model_stage, run_main
 from utils.errors import InputError
 from utils.refine import RefineParams
 
@@ -129,21 +129,16 @@ def main() -> None:
     rp = extract(args, RefineParams)
     if args.white_background:  # only when given on the command line (sentinel): the model group's -w = --background white
         rp.background = "white"
-    if not mp.source_path:
-        parser.error("-s/--source_path is required (no cfg_args in the model folder)")
+    check_stage_options(parser, mp, rp)
     if not 0 <= mp.sh_degree <= 4:
         parser.error(f"--sh_degree must be in 0..4, got {mp.sh_degree}")
-    try:
-        rp.check()
-    except ValueError as exc:
-        parser.error(str(exc))
 
     import torch
 
     from scene.dataset import load_scene
     from scene.gaussian_model import GaussianModel
     from utils.arguments import device_from
-    from utils.images import load_mask, load_rgba
+    from utils.images import load_mask, load_rgba_and_mask
     from utils.io import file_sha256, write_json
     from utils.refine import FrozenScene, ProxySet, RenderSettings, make_view, refine
 
@@ -172,11 +167,10 @@ def main() -> None:
 
     views, skipped = [], []
     for cam in cams:
-        rgb, alpha = load_rgba(cam.image_path, (cam.width, cam.height))
+        rgb, alpha, mask = load_rgba_and_mask(cam.image_path, (cam.width, cam.height), rp.mask_threshold)
         if alpha is None:
             raise InputError(cam.image_path, "has no alpha channel: --images must be the RGBA union masks of segmentation_2d.py "
                                              "(D/masked_image_rgba/masked)")
-        mask = load_mask(cam.image_path, (cam.width, cam.height), rp.mask_threshold)
         obj = None
         if len(with_masks) == len(names):
             obj = torch.cat([load_mask(os.path.join(mask_root, n, f"{cam.image_name}.png"), (cam.width, cam.height),

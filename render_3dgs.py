@@ -171,7 +171,7 @@ def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) ->
     from scene.gaussian_model import GaussianModel
     from utils.errors import InputError
     from utils.evaluation import geometry_metrics, mean_metrics, object_view_metrics
-    from utils.images import load_mask, load_rgba, save_image
+    from utils.images import load_rgba_and_mask, save_image
     from utils.io import write_json
     from utils.meshes import read_mesh_triangles
 
@@ -222,8 +222,8 @@ def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) ->
                 written["scene"].add(f"{stem}.png")
             for p in prompts:
                 path = os.path.join(gt_dir, p, f"{stem}.png")
-                rgb, alpha = load_rgba(path, size)
-                mask = load_mask(path, size, ep.mask_threshold)[0].to(device)
+                rgb, alpha, mask = load_rgba_and_mask(path, size, ep.mask_threshold)
+                mask = mask[0].to(device)
                 a = (alpha if alpha is not None else mask[None].float().cpu()).to(device)
                 gt = rgb.to(device) * a + (1.0 - a)
                 for k in kinds:

@@ -30,7 +30,7 @@ import os
 import time
 
 from utils.arguments import ModelParams, PipelineParams, add_group, device_from, extract, read_cfg_args, stage_record
-from utils.cli import parse_model_stage, run_main
+from utils.cli import check_stage_options, parse_model_stage, run_main
 from utils.coverage import CoverageParams
 from utils.errors import InputError
 from utils.masks import MASK_FOLDER, SegmentationParams
@@ -57,13 +57,7 @@ def main() -> None:
     pp = extract(args, PipelineParams)
     sp = extract(args, SegmentationParams)
     cp = extract(args, CoverageParams)
-    if not mp.source_path:
-        parser.error("-s/--source_path is required (no cfg_args in the model folder)")
-    try:
-        sp.check()
-        cp.check()
-    except ValueError as exc:
-        parser.error(str(exc))
+    check_stage_options(parser, mp, sp, cp)
 
     import numpy as np
     import torch

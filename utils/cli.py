@@ -36,6 +36,18 @@ def parse_model_stage(parser, missing_hint: str = "") -> "argparse.Namespace":
     return args
 
 
+def check_stage_options(parser, model_params, *groups) -> None:
+    """The usage errors every stage shares: ``-s`` must come from the command line or the model's
+    cfg_args, and each option group's ``check()`` must pass (its ValueError becomes ``parser.error``)."""
+    if not model_params.source_path:
+        parser.error("-s/--source_path is required (no cfg_args in the model folder)")
+    try:
+        for group in groups:
+            group.check()
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
 def run_main(main: Callable[[], object]) -> None:
     try:
         main()

@@ -47,15 +47,9 @@ def _open(path: str) -> Image.Image:
         raise InputError(path, f"not a readable image ({exc})") from None
 
 
-def load_rgba(path: str, size: Optional[tuple[int, int]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Load an RGB or RGBA image, resized to ``size`` = (width, height) when given.
-
-    Returns:
-        rgb [3, H, W] (not premultiplied) and alpha [1, H, W] (None for images without alpha).
-    """
+def _rgba(im: Image.Image, size: Optional[tuple[int, int]]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     import torch
 
-    im = _open(path)
     has_alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
     im = im.convert("RGBA" if has_alpha else "RGB")
     if size is not None and tuple(im.size) != tuple(size):
@@ -66,11 +60,9 @@ def load_rgba(path: str, size: Optional[tuple[int, int]] = None) -> tuple[torch.
     return arr, None
 
 
-def load_mask(path: str, size: Optional[tuple[int, int]] = None, threshold: int = 127) -> torch.Tensor:
-    """A binary mask [1, H, W] (bool) from an 8-bit mask or the alpha of an RGBA image (> threshold)."""
+def _mask(im: Image.Image, size: Optional[tuple[int, int]], threshold: int) -> torch.Tensor:
     import torch
 
-    im = _open(path)
     if im.mode in ("RGBA", "LA"):
         im = im.getchannel("A")
     else:
@@ -78,6 +70,29 @@ def load_mask(path: str, size: Optional[tuple[int, int]] = None, threshold: int 
     if size is not None and tuple(im.size) != tuple(size):
         im = im.resize(tuple(size), Image.NEAREST)
     return torch.from_numpy(np.asarray(im) > threshold)[None]
+
+
+def load_rgba(path: str, size: Optional[tuple[int, int]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Load an RGB or RGBA image, resized to ``size`` = (width, height) when given (bicubic).
+
+    Returns:
+        rgb [3, H, W] (not premultiplied) and alpha [1, H, W] (None for images without alpha).
+    """
+    return _rgba(_open(path), size)
+
+
+def load_mask(path: str, size: Optional[tuple[int, int]] = None, threshold: int = 127) -> torch.Tensor:
+    """A binary mask [1, H, W] (bool) from an 8-bit mask or the alpha of an RGBA image (> threshold),
+    resized to ``size`` with nearest neighbours."""
+    return _mask(_open(path), size, threshold)
+
+
+def load_rgba_and_mask(path: str, size: Optional[tuple[int, int]] = None,
+                       threshold: int = 127) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """:func:`load_rgba` and :func:`load_mask` of one file, read once: (rgb, alpha, mask)."""
+    im = _open(path)
+    rgb, alpha = _rgba(im, size)
+    return rgb, alpha, _mask(im, size, threshold)
 
 
 def load_depth(path: str, size: tuple[int, int], scale: float) -> torch.Tensor:
