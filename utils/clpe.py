@@ -231,11 +231,6 @@ def even_subsample(points: np.ndarray, n: int) -> np.ndarray:
     return points[np.round(np.linspace(0, len(points) - 1, n)).astype(np.int64)]
 
 
-def object_size(xyz: np.ndarray, percentiles: Sequence[float]) -> float:
-    """Mean robust PCA extent of a centre cloud (the length unit of every relative tolerance)."""
-    return float(np.mean(robust_extent(xyz, percentiles)[2]))
-
-
 def coarse_init(xyz_object: np.ndarray, xyz_proxy: np.ndarray, params: AlignmentParams,
                 appearance: Optional[tuple[np.ndarray, np.ndarray]] = None,
                 rng: Optional[np.random.Generator] = None) -> tuple[np.ndarray, dict]:

@@ -301,10 +301,6 @@ class ProxySet:
         """[N] the size of each Gaussian's object."""
         return torch.repeat_interleave(torch.tensor(self.sizes, dtype=torch.float32), torch.tensor(self.counts)).to(device)
 
-    def object_index(self, device: torch.device | str = "cpu") -> Tensor:
-        """[N] int64 the object index of each Gaussian."""
-        return torch.repeat_interleave(torch.arange(len(self.counts)), torch.tensor(self.counts)).to(device)
-
 
 def pad_sh(sh: Tensor, degree: int) -> Tensor:
     """[N, K, 3] SH coefficients zero-padded (or cut) to (degree + 1)^2 bands."""
