@@ -145,9 +145,7 @@ def geometry_metrics(points: np.ndarray, triangles: np.ndarray, params: Evaluati
     Returns a dict: accuracy_cm, completeness_cm, chamfer_cm, fscore, precision, recall (at
     ``fscore_threshold`` metres), emd_cm, points (N used).
     """
-    from scipy.spatial import cKDTree
-
-    from utils.meshes import points_to_mesh_distance, sample_triangles
+    from utils.meshes import surface_distances
 
     pts = np.asarray(points, dtype=np.float64)
     if len(pts) == 0:
@@ -155,9 +153,7 @@ def geometry_metrics(points: np.ndarray, triangles: np.ndarray, params: Evaluati
     rng = np.random.default_rng(params.seed)
     cm = 100.0 * params.metres_per_unit
     thr = params.fscore_threshold / params.metres_per_unit
-    d_pm = points_to_mesh_distance(pts, triangles)
-    surf = sample_triangles(triangles, params.surface_samples, rng)
-    d_mp, _ = cKDTree(pts).query(surf)
+    d_pm, d_mp, surf = surface_distances(pts, triangles, params.surface_samples, rng)
     precision = float((d_pm < thr).mean())
     recall = float((d_mp < thr).mean())
     k = min(params.emd_points, len(pts))

@@ -115,6 +115,22 @@ def sample_triangles(triangles: np.ndarray, n: int, rng: np.random.Generator) ->
     return a[idx] + u[:, None] * (b[idx] - a[idx]) + v[:, None] * (c[idx] - a[idx])
 
 
+def surface_distances(points: np.ndarray, triangles: np.ndarray, samples: int,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both directions between a point set and a mesh surface.
+
+    Returns (d_pm [P] exact distance of each point to the surface, d_mp [S] distance of each of
+    ``samples`` area-uniform surface samples to its nearest point, the samples [S, 3]).
+    """
+    from scipy.spatial import cKDTree
+
+    pts = np.asarray(points, dtype=np.float64)
+    d_pm = points_to_mesh_distance(pts, triangles)
+    surf = sample_triangles(triangles, samples, rng)
+    d_mp, _ = cKDTree(pts).query(surf)
+    return d_pm, d_mp, surf
+
+
 def chamfer_to_mesh(points: np.ndarray, triangles: np.ndarray, samples: int = 20000, seed: int = 0) -> dict:
     """Chamfer distance between a point set and a mesh surface, both directions.
 
@@ -122,10 +138,5 @@ def chamfer_to_mesh(points: np.ndarray, triangles: np.ndarray, samples: int = 20
     distance of ``samples`` area-uniform surface samples to their nearest point (completeness);
     ``chamfer`` = their mean. Same units as the inputs.
     """
-    from scipy.spatial import cKDTree
-
-    pts = np.asarray(points, dtype=np.float64)
-    d_pm = points_to_mesh_distance(pts, triangles)
-    surf = sample_triangles(triangles, samples, np.random.default_rng(seed))
-    d_mp, _ = cKDTree(pts).query(surf)
+    d_pm, d_mp, _ = surface_distances(points, triangles, samples, np.random.default_rng(seed))
     return {"to_mesh": float(d_pm.mean()), "to_points": float(d_mp.mean()), "chamfer": float(0.5 * (d_pm.mean() + d_mp.mean()))}
