@@ -7,8 +7,10 @@
 #   --force       run every stage from the first one run, even where its outputs exist
 #
 # A stage whose completion record exists is skipped (each stage writes its record last, atomically,
-# so an interrupted stage has none and runs again); once one stage runs, every later stage runs too
-# (its inputs changed). The chain stops at the first failing stage with that stage's exit status.
+# and the records of a stage and of all later ones are removed before it starts, so an interrupted
+# stage has none and runs again); once one stage runs, every later stage runs too (its inputs
+# changed). The chain stops at the first failing stage with that stage's exit status; killing the
+# chain (SIGTERM, SIGINT, SIGHUP) stops the running stage cleanly (no half-written file) with 143/130.
 #
 # Environment (defaults = the authors' README):
 #   SPLIT        split file name in D (split.yml)
@@ -54,6 +56,24 @@ record() {
     esac
 }
 
+# Run a stage's command as a child and pass SIGTERM / SIGINT / SIGHUP on to it, so that `kill` of
+# this script (or `timeout`, or a scheduler) stops the stage the way Ctrl-C does: the stage removes
+# the file it was writing and exits 130 / 143. Returns the command's exit status.
+CHILD=
+run_child() {
+    "$@" &
+    CHILD=$!
+    trap 'kill -TERM "$CHILD" 2>/dev/null' TERM INT HUP
+    local status=0
+    wait "$CHILD" || status=$?
+    while kill -0 "$CHILD" 2>/dev/null; do  # a trapped signal ends `wait` early: wait for the stage itself
+        status=0
+        wait "$CHILD" || status=$?
+    done
+    trap - TERM INT HUP
+    return "$status"
+}
+
 RUNNING=$FORCE
 stage() {  # stage N TITLE command...
     local n=$1 title=$2
@@ -66,9 +86,13 @@ stage() {  # stage N TITLE command...
         return 0
     fi
     RUNNING=1
+    # the records of this stage and of every later one stop being true now: remove them first, so
+    # that a stage interrupted half-way runs again next time instead of being taken as done
+    local later
+    for later in $(seq "$n" 9); do rm -f "$(record "$later")"; done
     echo "== $n $title: $*"
     local t0=$SECONDS status=0
-    "$@" || status=$?
+    run_child "$@" || status=$?
     if [ "$status" -ne 0 ]; then
         echo "== stage $n ($title) failed with exit status $status; later stages not run" >&2
         exit "$status"

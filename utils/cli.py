@@ -2,13 +2,17 @@
 
 ``run_main(main)`` runs a script's ``main()``; an :class:`~utils.errors.InputError` (or a
 missing optional package) becomes ONE line ``error: <file>: <problem>`` on stderr and exit
-status 2, with no traceback.
+status 2, with no traceback. An interrupt (Ctrl-C, or SIGTERM as sent by ``kill``, ``timeout`` and
+cluster schedulers) unwinds the stack like an exception, so that every file being written through
+:func:`utils.io.atomic_path` is removed and none is left half-written; the exit status is then
+128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Callable
 
@@ -48,7 +52,20 @@ def check_stage_options(parser, model_params, *groups) -> None:
         parser.error(str(exc))
 
 
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM (see :func:`run_main`)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def run_main(main: Callable[[], object]) -> None:
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         main()
     except InputError as exc:
@@ -59,4 +76,9 @@ def run_main(main: Callable[[], object]) -> None:
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        sys.exit(EXIT_TERMINATED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
