@@ -13,8 +13,10 @@
    M/rendered_scene/<stem>.png     the completed scene M/refined_aligned/scene_refined.ply
    M/metrics.json                  per object and mean, refined vs baseline: object-masked PSNR, SSIM,
                                    LPIPS (when available) and mask IoU against D/masked_image_rgba/<prompt>/
-                                   (utils.evaluation), and with --gt_meshes the geometry completion
-                                   metrics (Chamfer both ways in cm, F-score, EMD)
+                                   (utils.evaluation), each object seen inside its scene (M/gs_seg/remained.ply
+                                   and the other objects occlude it as in the frame; --occlusion none: alone),
+                                   and with --gt_meshes the geometry completion metrics (Chamfer both ways in
+                                   cm, F-score, EMD)
 Options not given on the command line come from the training run's M/cfg_args.
 """
 
@@ -170,7 +172,7 @@ def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) ->
     from scene.dataset import load_description
     from scene.gaussian_model import GaussianModel
     from utils.errors import InputError
-    from utils.evaluation import geometry_metrics, mean_metrics, object_view_metrics
+    from utils.evaluation import geometry_metrics, mean_metrics, object_view_metrics, visible_object_renders
     from utils.images import load_rgba_and_mask, save_image
     from utils.io import write_json
     from utils.meshes import read_mesh_triangles
@@ -189,6 +191,10 @@ def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) ->
         for p in prompts:
             if not os.path.isfile(files[k](p)):
                 raise InputError(files[k](p), f"{k} object {p!r} not found ({hints[k]})")
+    remained_ply = os.path.join(mp.model_path, "gs_seg", "remained.ply")
+    if ep.occlusion == "scene" and not os.path.isfile(remained_ply):
+        raise InputError(remained_ply, "not found: the objects are measured inside their scene (run segmentation_3dgs.py, "
+                                       "or --occlusion none to measure them alone)")
     gt_dir = os.path.join(mp.source_path, "masked_image_rgba")
     for p in prompts:
         missing = [c.image_name for c in cams if not os.path.isfile(os.path.join(gt_dir, p, f"{c.image_name}.png"))]
@@ -201,6 +207,13 @@ def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) ->
         joint["refined"] = GaussianModel.from_ply(joint_path).to(device)
     if "baseline" in kinds:
         joint["baseline"] = GaussianModel.concatenate(list(models["baseline"].values()))
+    whole = {}  # kind -> (the object inside its scene: remained + all objects of the kind, object index per Gaussian)
+    if ep.occlusion == "scene":
+        remained = GaussianModel.from_ply(remained_ply).to(device)
+        for k in kinds:
+            parts = [remained] + [models[k][p] for p in prompts]
+            labels = torch.cat([torch.full((len(m),), i - 1, dtype=torch.long) for i, m in enumerate(parts)]).to(device)
+            whole[k] = (GaussianModel.concatenate(parts), labels)
     scene_ply = os.path.join(mp.model_path, REFINED_DIR, "scene_refined.ply")
     scene_model = GaussianModel.from_ply(scene_ply).to(device) if os.path.isfile(scene_ply) else None
     out_dirs = {"refined": os.path.join(mp.model_path, args.render_refined_dir_name),
@@ -220,15 +233,21 @@ def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) ->
                 out = render(cam, scene_model, bg, **kw)
                 save_image(os.path.join(out_dirs["scene"], f"{stem}.png"), out.image.clamp(0, 1))
                 written["scene"].add(f"{stem}.png")
+            gts = {}
             for p in prompts:
                 path = os.path.join(gt_dir, p, f"{stem}.png")
                 rgb, alpha, mask = load_rgba_and_mask(path, size, ep.mask_threshold)
                 mask = mask[0].to(device)
                 a = (alpha if alpha is not None else mask[None].float().cpu()).to(device)
                 gt = rgb.to(device) * a + (1.0 - a)
-                for k in kinds:
-                    out = render(cam, models[k][p], white, **kw)
-                    per_view[k][p][stem] = object_view_metrics(out.image, out.alpha, gt, mask, ep, lpips_fn)
+                gts[p] = (gt, mask)
+            for k in kinds:
+                if ep.occlusion == "scene":
+                    seen = visible_object_renders(cam, *whole[k], len(prompts), kw)
+                else:
+                    seen = [(o.image, o.alpha) for o in (render(cam, models[k][p], white, **kw) for p in prompts)]
+                for p, (image, weight) in zip(prompts, seen):
+                    per_view[k][p][stem] = object_view_metrics(image, weight, *gts[p], ep, lpips_fn)
     for k, d in out_dirs.items():  # renders of views that are no longer test views
         if os.path.isdir(d) and written[k]:
             for f in os.listdir(d):
@@ -240,9 +259,10 @@ def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) ->
                 for m in ("psnr", "ssim", "lpips", "iou") if any(m in objects[p][k] for p in prompts)} for k in kinds}
     result = {"schema": 1, "refined_iteration": n, "test_views": [c.image_name for c in cams], "objects": objects, "mean": mean,
               "per_view": per_view, "lpips_available": lpips_fn is not None,
-              "convention": "object rendered alone over white vs D/masked_image_rgba/<prompt>/<stem>.png over white; PSNR/SSIM/LPIPS "
-                            "on the box of GT mask and rendered silhouette (+box_margin); IoU of silhouette (alpha > "
-                            "alpha_threshold) and GT mask", "options": vars(ep)}
+              "convention": ("object's visible part inside its scene (remained.ply + all objects of its kind)" if ep.occlusion == "scene"
+                             else "object rendered alone") + " over white vs D/masked_image_rgba/<prompt>/<stem>.png over white; "
+                            "PSNR/SSIM/LPIPS on the box of GT mask and rendered silhouette (+box_margin); IoU of silhouette "
+                            "(alpha > alpha_threshold) and GT mask", "options": vars(ep)}
     mesh_dir = args.gt_meshes or os.path.join(mp.source_path, "gt", "meshes")
     if args.gt_meshes and not os.path.isdir(mesh_dir):
         raise InputError(mesh_dir, "--gt_meshes folder not found")

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from utils.evaluation import EvaluationParams, emd, geometry_metrics, mean_metrics, object_view_metrics, union_box
+from utils.evaluation import (EvaluationParams, emd, geometry_metrics, mean_metrics, object_view_metrics, union_box,
+                              visible_object_renders)
 
 
 def _square(h, w, y0, y1, x0, x1):
@@ -52,6 +53,49 @@ def test_object_view_metrics_on_known_images():
     assert object_view_metrics(torch.ones(3, h, w), torch.zeros(1, h, w), torch.ones(3, h, w), torch.zeros(h, w, dtype=torch.bool),
                                params) == {"empty": True}
     assert mean_metrics([rec, {"empty": True}])["views"] == 1
+
+
+def test_visible_object_renders_hide_what_is_behind():
+    """Four flat objects (two render passes of weights) side by side, and an opaque occluder in front of the
+    left half of object 0: each object's visible render equals its plain render over white except where the
+    occluder hides it, and there its weight is ~0."""
+    from gaussian_renderer import render
+    from scene.cameras import Camera
+    from scene.gaussian_model import GaussianModel, rgb_to_sh0
+
+    def disc_grid(x0, z, color, n=6, spacing=0.05, sigma=0.03, y0=-0.15):
+        ij = torch.stack(torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"), -1).reshape(-1, 2).float()
+        xy = ij * spacing + torch.tensor([x0, y0])
+        m = len(xy)
+        return GaussianModel(1, {
+            # depths differ slightly: equal depths would composite in an arbitrary order
+            "means": torch.cat([xy, z + 1e-3 * torch.arange(m, dtype=torch.float32)[:, None]], 1), "sh0": rgb_to_sh0(torch.tensor(color).repeat(m, 1)).reshape(m, 1, 3),
+            "shN": torch.zeros(m, 3, 3), "opacities": torch.logit(torch.full((m,), 0.95)),
+            "scales": torch.log(torch.tensor([sigma, sigma, sigma * 0.1])).repeat(m, 1),
+            "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(m, 1)})
+
+    objects = [disc_grid(-0.8 + 0.46 * i, 0.0, [0.2 + 0.2 * i, 0.5, 0.8 - 0.15 * i]) for i in range(4)]
+    # in front of the lower left of object 0 (the camera is at z = -2, looking along +z)
+    occluder = disc_grid(-0.6, -0.5, [0.1, 0.9, 0.1], n=4, spacing=0.04, y0=-0.11)
+    cam = Camera(np.eye(3), np.array([0.0, 0.0, 2.0]), 120.0, 120.0, 80.0, 40.0, 160, 80, image_name="v")
+    whole = GaussianModel.concatenate([occluder, *objects])
+    labels = torch.cat([torch.full((len(occluder),), -1)] + [torch.full((len(o),), i) for i, o in enumerate(objects)])
+    kw = dict(backend="torch")
+    with torch.no_grad():
+        seen = visible_object_renders(cam, whole, labels, 4, kw)
+    hidden = render(cam, occluder, torch.zeros(3), **kw).alpha[0] > 0.9
+    assert int(hidden.sum()) > 50
+    free = ~(render(cam, occluder, torch.zeros(3), **kw).alpha[0] > 1e-4)
+    for i, (image, weight) in enumerate(seen):
+        with torch.no_grad():
+            alone = render(cam, objects[i], torch.ones(3), **kw)
+        assert torch.allclose(image[:, free], alone.image[:, free], atol=1e-4), i
+        assert torch.allclose(weight[0][free], alone.alpha[0][free], atol=1e-4), i
+        if i == 0:
+            assert float(alone.alpha[0][hidden].mean()) > 0.5 and float(weight[0][hidden].max()) < 0.1
+            assert torch.allclose(image[:, hidden], torch.ones_like(image[:, hidden]), atol=0.1)  # white where hidden
+        else:
+            assert torch.allclose(weight, alone.alpha, atol=1e-4)
 
 
 def test_union_box_margin_and_clip():
@@ -110,6 +154,7 @@ def objects_case(tmp_path_factory):
     """A tiny demo scene whose "refined" objects are the GT surfaces and whose baselines are one side (x > median) of them."""
     from scene.gaussian_model import GaussianModel
     from tests.test_align_script import surface_object_ply
+    from tests.test_refine import write_table_top
 
     base = tmp_path_factory.mktemp("eval")
     D, M = base / "scene", base / "model"
@@ -127,6 +172,7 @@ def objects_case(tmp_path_factory):
         x = g.means[:, 0]
         g.subset(torch.nonzero(x > x.median()).flatten()).save_ply(str(M / "gs_seg" / f"{prompt}.ply"))
     GaussianModel.concatenate(refined).save_ply(str(M / "refined_aligned" / "refined_800.ply"))
+    write_table_top(str(M / "gs_seg" / "remained.ply"))
     return D, M
 
 
@@ -150,6 +196,12 @@ def test_render_evaluates_refined_against_baseline(objects_case):
     run(*args)
     again = json.loads((M / "metrics.json").read_text())
     assert again["objects"] == res["objects"]
+    # the objects hide each other in some test views: measured alone, the complete (GT-surface) objects
+    # lose where the GT mask shows only their visible part (their colours are not the GT's: IoU only)
+    run(*args, "--occlusion", "none")
+    alone = json.loads((M / "metrics.json").read_text())
+    assert "alone" in alone["convention"] and "inside its scene" in res["convention"]
+    assert alone["mean"]["refined"]["iou"] < res["mean"]["refined"]["iou"] - 0.01, (alone["mean"], res["mean"])
 
 
 def test_render_bad_input(objects_case, tmp_path):
@@ -167,3 +219,7 @@ def test_render_bad_input(objects_case, tmp_path):
     assert proc.returncode == 2 and "refined iterations present: [800]" in proc.stderr
     proc = run(*base, "--gt_meshes", str(tmp_path / "nowhere"), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    shutil.copy(M / "refined_aligned" / "blue mug.ply", M2 / "refined_aligned" / "blue mug.ply")
+    os.remove(M2 / "gs_seg" / "remained.ply")
+    proc = run(*base, check=False)
+    assert proc.returncode == 2 and "remained.ply: not found" in proc.stderr and "--occlusion none" in proc.stderr

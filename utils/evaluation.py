@@ -1,8 +1,13 @@
 """Stage 9 metrics: objects at the held-out views, and geometry completion against GT meshes.
 
-Image metrics of one object at one test view (:func:`object_view_metrics`) compare the object
-rendered ALONE over white with the ground truth ``D/masked_image_rgba/<prompt>/<stem>.png``
-composited over white by its own alpha (the segmentation mask):
+Image metrics of one object at one test view (:func:`object_view_metrics`) compare the object's
+render over white with the ground truth ``D/masked_image_rgba/<prompt>/<stem>.png`` composited
+over white by its own alpha (the segmentation mask). The GT mask covers only the part of the object
+that is visible in the frame, so by default (``occlusion="scene"``) the object is rendered inside
+its scene (``gs_seg/remained.ply`` plus every object of the same kind) and only its own visible
+contribution is kept (:func:`visible_object_renders`): where another object or the scene hides it
+in the real frame, it is hidden in the render too. ``occlusion="none"`` renders it alone (a
+complete object then counts as wrong where the GT shows an occluder):
 
 * the region measured is the box of the union of the GT mask and the rendered silhouette
   (alpha > ``alpha_threshold``), enlarged by ``box_margin`` of its size on each side, so that a
@@ -30,6 +35,8 @@ import torch
 
 from utils.arguments import check_options, opt
 
+OCCLUSION_MODES = ("scene", "none")
+
 
 @dataclass
 class EvaluationParams:
@@ -45,6 +52,9 @@ class EvaluationParams:
     emd_points: int = opt(1024, "geometry metrics: size of the random subsamples of both sides for the EMD (exact assignment)")
     metres_per_unit: float = opt(1.0, "length of one scene unit in metres (distances are reported in cm; 1 for the demo scene)")
     seed: int = opt(0, "seed of the surface samples and EMD subsamples")
+    occlusion: str = opt("scene", "image metrics: 'scene' renders each object inside its scene (gs_seg/remained.ply and all "
+                                  "objects of the same kind) and measures only its visible part, as the GT masks show only "
+                                  "the visible part; 'none' renders it alone", choices=list(OCCLUSION_MODES))
 
     def check(self) -> None:
         check_options(self, [
@@ -56,6 +66,7 @@ class EvaluationParams:
             ("surface_samples", self.surface_samples >= 100, ">= 100"),
             ("emd_points", self.emd_points >= 10, ">= 10"),
             ("metres_per_unit", self.metres_per_unit > 0, "> 0"),
+            ("occlusion", self.occlusion in OCCLUSION_MODES, f"one of {OCCLUSION_MODES}"),
         ])
 
 
@@ -110,6 +121,46 @@ def object_view_metrics(render_rgb: torch.Tensor, render_alpha: torch.Tensor, gt
     if lpips_fn is not None and min(a.shape[1:]) >= 32:
         rec["lpips"] = lpips_fn(a, b)
     return rec
+
+
+def visible_object_renders(camera, model, labels: torch.Tensor, n_objects: int, render_kw: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each object as it is seen inside the whole model: its own contribution to the composite.
+
+    Args:
+        camera: the test camera. model: a GaussianModel of the whole scene (objects and the rest).
+        labels: [N] long, the object index of each Gaussian in 0..n_objects-1, or -1 (the rest).
+        render_kw: keyword arguments of :func:`gaussian_renderer.render` (backend, planes, eps2d).
+    Returns:
+        per object (image [3, H, W] over white, weight [1, H, W]): weight = sum of alpha_i T_i over
+        the object's Gaussians (its visible opacity, the rest of the scene in front of it included),
+        image = its premultiplied colour + (1 - weight) x white. Alone in front, this is its plain
+        render over white.
+    """
+    from gaussian_renderer import render
+    from utils.sh import eval_sh
+
+    device = model.device
+    degree = model.active_sh_degree
+    campos = torch.as_tensor(camera.center, dtype=model.means.dtype, device=device)
+    rgb = torch.clamp_min(eval_sh(degree, model.sh[:, : (degree + 1) ** 2], model.means - campos) + 0.5, 0.0)
+    black = torch.zeros(3, device=device)
+    weights: list[torch.Tensor] = []
+    for first in range(0, n_objects, 3):  # three objects' weights per render, one per channel
+        ids = torch.arange(first, first + 3, device=device)
+        onehot = (labels[:, None] == ids[None]).to(rgb.dtype)
+        out = render(camera, model, black, override_color=onehot, **render_kw)
+        weights += [out.image[j : j + 1] for j in range(min(3, n_objects - first))]
+    result = []
+    for k in range(n_objects):
+        image = 1.0 - weights[k].expand(3, -1, -1).clone()
+        seen = torch.nonzero(weights[k][0] > 0)
+        if len(seen):  # its colour, rendered in the window where it has any weight (zero elsewhere)
+            (y0, x0), (y1, x1) = seen.min(0).values.tolist(), (seen.max(0).values + 1).tolist()
+            colour = rgb * (labels == k)[:, None].to(rgb.dtype)
+            out = render(camera.cropped(x0, y0, x1 - x0, y1 - y0), model, black, override_color=colour, **render_kw)
+            image[:, y0:y1, x0:x1] += out.image
+        result.append((image, weights[k]))
+    return result
 
 
 def mean_metrics(records: list[dict]) -> dict:
