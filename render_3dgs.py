@@ -30,7 +30,7 @@ from typing import Optional
 
 from utils.arguments import ModelParams, PipelineParams, add_group, device_from, extract, read_cfg_args
 from utils.evaluation import EvaluationParams
-from utils.cli import run_main, setup_logging
+from utils.cli import check_stage_options, parse_model_stage, run_main
 
 log = logging.getLogger("render_3dgs")
 
@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    args = build_parser().parse_args()
-    setup_logging(args.quiet)
+    parser = build_parser()
+    args = parse_model_stage(parser)
     import torch
 
     from scene.dataset import load_scene
@@ -69,17 +69,10 @@ def main() -> None:
     from utils.metrics import load_lpips
     from utils.model_io import resolve_iteration
 
-    if not args.model_path:
-        raise SystemExit("error: -m/--model_path is required")
     mp = extract(args, ModelParams, base=read_cfg_args(args.model_path))
     pp = extract(args, PipelineParams)
-    if not mp.source_path:
-        raise SystemExit("error: -s/--source_path is required (no cfg_args in the model folder)")
     ep = extract(args, EvaluationParams)
-    try:
-        ep.check()
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}")
+    check_stage_options(parser, mp, ep)
     device = device_from(mp.device)
     scene = load_scene(mp.source_path, mp.images, mp.resolution, mp.eval, mp.split_yml_name)
     bg = torch.tensor([1.0, 1.0, 1.0] if mp.white_background else [0.0, 0.0, 0.0], device=device)

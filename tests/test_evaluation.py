@@ -219,6 +219,12 @@ def test_render_bad_input(objects_case, tmp_path):
     assert proc.returncode == 2 and "refined iterations present: [800]" in proc.stderr
     proc = run(*base, "--gt_meshes", str(tmp_path / "nowhere"), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    proc = run(*base, "--box_margin", "-1", check=False)  # usage errors: status 2, the option named
+    assert proc.returncode == 2 and "box_margin" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("render_3dgs.py", "-m", str(M2), "--quiet", check=False)  # no -s and no cfg_args
+    assert proc.returncode == 2 and "-s/--source_path is required" in proc.stderr
+    proc = run("render_3dgs.py", "-s", str(D), "-m", str(tmp_path / "nowhere"), "--quiet", check=False)
+    assert proc.returncode == 2 and "model folder not found" in proc.stderr
     shutil.copy(M / "refined_aligned" / "blue mug.ply", M2 / "refined_aligned" / "blue mug.ply")
     os.remove(M2 / "gs_seg" / "remained.ply")
     proc = run(*base, check=False)
