@@ -66,7 +66,10 @@ def test_a_signal_during_a_write_leaves_no_file(tmp_path, sig, status):
         run_main(main)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the child starts with the default SIGINT action, as a stage started from a terminal does (a test run in the
+    # background inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().strip() == "writing"
         assert len(_leftovers(tmp_path)) == 1  # the temporary file exists while writing
