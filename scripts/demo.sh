@@ -3,7 +3,7 @@
 # with the weight-free backends: masks (stage 1), file (stage 5: the scene's stand-in generator
 # outputs), sift (stage 7). The last stage prints the metrics table (refined vs baseline).
 #   bash scripts/demo.sh [OUT_DIR]      (default: demo/)
-# The schedules below are sized for a 2-core CPU (about 6 minutes in all, see docs/benchmarks.md):
+# The schedules below are sized for a 2-core CPU (6.5-8 minutes in all, see docs/benchmarks.md):
 # training at half resolution, 400 steps, densification from 150 to 350, SH degree 0 (the demo's
 # shading is view-independent); refinement 300 steps at colour learning rate 0.01 (it reaches the
 # metrics of the seed README's 800 steps at 0.0025) with the bounded opacity and geometry updates of

@@ -91,11 +91,9 @@ def chain(tmp_path_factory):
     )  # fmt: skip
     scene_before = _snapshot(scene)
     cmd, env = _run_scene(scene, model)
-    t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {"scene": scene, "model": model, "scene_before": scene_before, "log": proc.stdout,
-            "seconds": time.time() - t0}  # fmt: skip
+    return {"scene": scene, "model": model, "scene_before": scene_before, "log": proc.stdout}
 
 
 def _metrics(model) -> dict:
