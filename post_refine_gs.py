@@ -94,27 +94,31 @@ def object_names(model_path: str) -> list[str]:
     return names
 
 
-def _check_inputs(model_path: str, names: list[str], scene_occlusion: bool) -> dict:
-    """Every model-side file, checked (and read) before anything else. Returns their paths."""
-    from scene.gaussian_ply import read_gaussian_ply
+def _check_inputs(model_path: str, names: list[str], scene_occlusion: bool, sh_degree: int) -> tuple[dict, dict]:
+    """Every model-side file, checked and read once, before anything else.
 
-    aligned = {}
+    Returns (paths: {"aligned": {name: path}, "remained": path or None}, models: {"aligned": {name:
+    GaussianModel at ``sh_degree``}, "remained": GaussianModel or None}), on the CPU.
+    """
+    from scene.gaussian_model import GaussianModel
+
+    paths: dict = {"aligned": {}, "remained": None}
+    models: dict = {"aligned": {}, "remained": None}
     for name in names:
         path = os.path.join(model_path, ALIGNED_DIR, f"{name}.ply")
         if not os.path.isfile(path):
             raise InputError(path, f"aligned proxy of object {name!r} not found (run align_3dgs_clpe_9dof.py first)")
-        if len(read_gaussian_ply(path).xyz) < 2:
+        model = GaussianModel.from_ply(path, sh_degree)
+        if len(model) < 2:
             raise InputError(path, f"the aligned proxy of object {name!r} has fewer than 2 Gaussians")
-        aligned[name] = path
+        paths["aligned"][name], models["aligned"][name] = path, model
     remained = os.path.join(model_path, "gs_seg", "remained.ply")
     if os.path.isfile(remained):
-        read_gaussian_ply(remained)  # a corrupt file fails here, before anything is written
+        paths["remained"], models["remained"] = remained, GaussianModel.from_ply(remained)  # a corrupt file fails here
     elif scene_occlusion:
         raise InputError(remained, "the rest of the scene not found (run segmentation_3dgs.py first, or pass "
                                    "--no_scene_occlusion to refine the proxies without scene occlusion)")
-    else:
-        remained = None
-    return {"aligned": aligned, "remained": remained}
+    return paths, models
 
 
 def main() -> None:
@@ -144,7 +148,7 @@ def main() -> None:
 
     t_start = time.perf_counter()
     names = object_names(mp.model_path)
-    paths = _check_inputs(mp.model_path, names, args.scene_occlusion)
+    paths, loaded = _check_inputs(mp.model_path, names, args.scene_occlusion, mp.sh_degree)
     if not os.path.isdir(mp.source_path):
         raise InputError(mp.source_path, "scene folder not found")
     images_dir = resolve_images(mp.source_path, mp.images)
@@ -186,10 +190,9 @@ def main() -> None:
     if skipped:
         log.warning("%d training view(s) without the objects in view are not used: %s", len(skipped), skipped)
 
-    proxies = ProxySet.from_models(names, [GaussianModel.from_ply(paths["aligned"][n], mp.sh_degree) for n in names],
-                                   mp.sh_degree)
+    proxies = ProxySet.from_models(names, [loaded["aligned"][n] for n in names], mp.sh_degree)
     proxies.model.to(device)
-    remained = GaussianModel.from_ply(paths["remained"]).to(device) if paths["remained"] else None
+    remained = loaded["remained"].to(device) if loaded["remained"] is not None else None
     frozen = FrozenScene.from_model(remained) if (remained is not None and args.scene_occlusion) else None
     tuned = ["colour"] + (["opacity"] if rp.tune_opacity else []) + (["geometry"] if rp.tune_geometry else [])
     log.info("refining %d object(s) (%s; %d Gaussians) over %d training views at %dx%d%s; tuning %s", len(names),
