@@ -104,6 +104,7 @@ def rasterize(
     compute_weights: bool = False,
     tile_size: int = 16,
     max_elements: int = 1 << 22,
+    antialiased_mask: Optional[Tensor] = None,
 ) -> RenderOutput:
     """Render N Gaussians into one camera.
 
@@ -120,6 +121,13 @@ def rasterize(
         weight_masks: optional [K, H, W] pixel weights for the per-Gaussian weight sums.
         compute_weights: also return Σ_p α_i T_i per Gaussian.
         tile_size, max_elements: torch backend tiling (ignored by gsplat but tile_size).
+        antialiased_mask: optional [N] bool: these Gaussians are drawn in "antialiased" mode and the
+            others in "classic" (``rasterize_mode`` must be "classic"), in one pass, so that models
+            made for either mode can be composited together — a trained 3DGS scene (classic) with
+            generated objects (TRELLIS renders its Gaussians with Mip-Splatting's rasterizer, whose
+            2D filter is the antialiased mode). The compensation ``sqrt(det Σ2d / det(Σ2d + eps2d I))``
+            of those Gaussians is computed in PyTorch and multiplies their opacities before either
+            backend rasterizes (differentiable).
     """
     n = means.shape[0]
     for name, t, shape in (("means", means, (n, 3)), ("quats", quats, (n, 4)), ("scales", scales, (n, 3)), ("opacities", opacities, (n,))):
@@ -130,6 +138,9 @@ def rasterize(
     if rasterize_mode not in RASTERIZE_MODES:
         raise ValueError(f"rasterize_mode must be one of {RASTERIZE_MODES}, got {rasterize_mode!r}")
     device = means.device
+    if antialiased_mask is not None:
+        opacities = _compensate_some(means, quats, scales, opacities, antialiased_mask, viewmat, K, width, height,
+                                     near_plane, far_plane, eps2d, rasterize_mode)
     which = resolve_backend(backend, device)
     bg = torch.zeros(3, device=device) if background is None else background.to(device=device, dtype=means.dtype)
 
@@ -175,6 +186,22 @@ def rasterize(
         weights=weights,
         backend=which,
     )
+
+
+def _compensate_some(means, quats, scales, opacities, mask, viewmat, K, width, height, near, far, eps2d, mode) -> Tensor:
+    """The opacities with the antialiased-mode compensation applied where ``mask`` is True."""
+    if mode != "classic":
+        raise ValueError(f"antialiased_mask needs rasterize_mode='classic' (the other Gaussians' mode), got {mode!r}")
+    n = means.shape[0]
+    if tuple(mask.shape) != (n,) or mask.dtype != torch.bool:
+        raise ValueError(f"antialiased_mask must be a bool tensor of shape ({n},), got {mask.dtype} {tuple(mask.shape)}")
+    idx = torch.nonzero(mask.to(means.device)).squeeze(1)
+    if idx.numel() == 0:
+        return opacities
+    covars = torch_backend.quats_scales_to_covars(quats[idx], scales[idx])
+    cov2d = torch_backend.project_covariances(means[idx], covars, viewmat, K, width, height, near, far)["cov2d"]
+    comp = torch_backend.antialias_compensation(cov2d, eps2d)
+    return opacities.index_put((idx,), opacities[idx] * comp.to(opacities.dtype))
 
 
 def render(

@@ -53,6 +53,63 @@ def quats_scales_to_covars(quats: Tensor, scales: Tensor) -> Tensor:
     return M @ M.transpose(-1, -2)
 
 
+def project_covariances(
+    means: Tensor,
+    covars: Tensor,
+    viewmat: Tensor,
+    K: Tensor,
+    width: int,
+    height: int,
+    near: float = 0.01,
+    far: float = 1e10,
+) -> dict[str, Tensor]:
+    """EWA projection of N Gaussians' centres and covariances into one pinhole camera (no filter).
+
+    Args:
+        means: [N, 3] world centres. covars: [N, 3, 3] world covariances.
+        viewmat: [4, 4] world-to-camera (OpenCV). K: [3, 3] intrinsics.
+
+    Returns:
+        dict with ``means2d`` [N, 2] pixels, ``cov2d`` [N, 2, 2] (before ``eps2d``), ``depths`` [N]
+        camera z and ``valid`` [N] bool (``near < z < far``).
+    """
+    R = viewmat[:3, :3]
+    t = viewmat[:3, 3]
+    mc = means @ R.T + t
+    cov_c = R @ covars @ R.T
+    tx, ty, tz = mc.unbind(-1)
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    valid = (tz > near) & (tz < far)
+    tz_safe = torch.where(valid, tz, torch.ones_like(tz))
+
+    tan_fovx = 0.5 * width / fx
+    tan_fovy = 0.5 * height / fy
+    lim_x_pos = (width - cx) / fx + 0.3 * tan_fovx
+    lim_x_neg = cx / fx + 0.3 * tan_fovx
+    lim_y_pos = (height - cy) / fy + 0.3 * tan_fovy
+    lim_y_neg = cy / fy + 0.3 * tan_fovy
+    txc = tz_safe * torch.clamp(tx / tz_safe, min=-lim_x_neg, max=lim_x_pos)
+    tyc = tz_safe * torch.clamp(ty / tz_safe, min=-lim_y_neg, max=lim_y_pos)
+    zeros = torch.zeros_like(tz)
+    J = torch.stack(
+        [fx / tz_safe, zeros, -fx * txc / tz_safe**2, zeros, fy / tz_safe, -fy * tyc / tz_safe**2], dim=-1
+    ).reshape(-1, 2, 3)
+    cov2d = J @ cov_c @ J.transpose(-1, -2)
+    means2d = torch.stack([fx * tx / tz_safe + cx, fy * ty / tz_safe + cy], dim=-1)
+    return {"means2d": means2d, "cov2d": cov2d, "depths": tz, "valid": valid}
+
+
+def antialias_compensation(cov2d: Tensor, eps2d: float) -> Tensor:
+    """[N] Mip-Splatting's opacity factor ``sqrt(det Σ2d / det(Σ2d + eps2d I))`` for [N, 2, 2] ``cov2d``:
+    the ``eps2d`` filter then blurs a Gaussian without enlarging its footprint (0 where undefined)."""
+    det_orig = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] * cov2d[:, 1, 0]
+    a = cov2d[:, 0, 0] + eps2d
+    c = cov2d[:, 1, 1] + eps2d
+    det = a * c - cov2d[:, 0, 1] * cov2d[:, 1, 0]
+    ok = det > 0
+    return torch.sqrt(torch.clamp(det_orig / torch.where(ok, det, torch.ones_like(det)), min=0.0)) * ok
+
+
 def project_gaussians(
     means: Tensor,
     covars: Tensor,
@@ -79,29 +136,8 @@ def project_gaussians(
         2D covariance: a, b, c), ``depths`` [N] camera z, ``radii`` [N, 2] int (0 = culled),
         ``opacities`` [N] the opacities to composite with (compensated in antialiased mode).
     """
-    R = viewmat[:3, :3]
-    t = viewmat[:3, 3]
-    mc = means @ R.T + t
-    cov_c = R @ covars @ R.T
-    tx, ty, tz = mc.unbind(-1)
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    valid = (tz > near) & (tz < far)
-    tz_safe = torch.where(valid, tz, torch.ones_like(tz))
-
-    tan_fovx = 0.5 * width / fx
-    tan_fovy = 0.5 * height / fy
-    lim_x_pos = (width - cx) / fx + 0.3 * tan_fovx
-    lim_x_neg = cx / fx + 0.3 * tan_fovx
-    lim_y_pos = (height - cy) / fy + 0.3 * tan_fovy
-    lim_y_neg = cy / fy + 0.3 * tan_fovy
-    txc = tz_safe * torch.clamp(tx / tz_safe, min=-lim_x_neg, max=lim_x_pos)
-    tyc = tz_safe * torch.clamp(ty / tz_safe, min=-lim_y_neg, max=lim_y_pos)
-    zeros = torch.zeros_like(tz)
-    J = torch.stack(
-        [fx / tz_safe, zeros, -fx * txc / tz_safe**2, zeros, fy / tz_safe, -fy * tyc / tz_safe**2], dim=-1
-    ).reshape(-1, 2, 3)
-    cov2d = J @ cov_c @ J.transpose(-1, -2)
-    means2d = torch.stack([fx * tx / tz_safe + cx, fy * ty / tz_safe + cy], dim=-1)
+    pc = project_covariances(means, covars, viewmat, K, width, height, near, far)
+    means2d, cov2d, tz, valid = pc["means2d"], pc["cov2d"], pc["depths"], pc["valid"]
 
     a = cov2d[:, 0, 0] + eps2d
     b = cov2d[:, 0, 1]
@@ -111,8 +147,7 @@ def project_gaussians(
     det_safe = torch.where(valid, det, torch.ones_like(det))
     conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], dim=-1)
     if antialiased:
-        det_orig = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] * cov2d[:, 1, 0]
-        opacities = opacities * torch.sqrt(torch.clamp(det_orig / det_safe, min=0.0))
+        opacities = opacities * antialias_compensation(cov2d, eps2d)
 
     with torch.no_grad():
         op = opacities.detach()

@@ -61,6 +61,35 @@ def test_antialiased_mode_keeps_a_small_gaussians_footprint():
         rasterize(*args, rasterize_mode="mip")
 
 
+def test_antialiased_mask_mixes_the_two_modes_in_one_pass():
+    """A per-Gaussian mask draws its Gaussians as "antialiased" and the rest as "classic": all True is
+    the antialiased image, all False the classic one, forward and backward; a mixed mask changes only
+    what the masked Gaussians contribute (a lone masked Gaussian far from the others)."""
+    cam = camera(48, 40, 60.0, 62.0, 24.3, 20.1)
+    means, quats, scales, opac, colors = random_gaussians(60, dtype=torch.float64, size=(0.005, 0.03))
+    view = (cam.viewmat_tensor().double(), cam.K_tensor().double(), cam.width, cam.height)
+
+    def run(mode, mask):
+        m = means.clone().requires_grad_(True)
+        o = opac.clone().requires_grad_(True)
+        out = rasterize(m, quats, scales, o, colors, *view, rasterize_mode=mode, antialiased_mask=mask)
+        (out.image * torch.linspace(0, 1, out.image.numel(), dtype=out.image.dtype).reshape(out.image.shape)).sum().backward()
+        return out.image.detach(), m.grad, o.grad
+
+    n = means.shape[0]
+    for mask, mode in ((torch.ones(n, dtype=torch.bool), "antialiased"), (torch.zeros(n, dtype=torch.bool), "classic")):
+        mixed, reference = run("classic", mask), run(mode, None)
+        for a, b in zip(mixed, reference):
+            assert torch.allclose(a, b, atol=1e-10)
+    half = torch.arange(n) % 2 == 0
+    mixed = run("classic", half)[0]
+    assert not torch.allclose(mixed, run("classic", None)[0]) and not torch.allclose(mixed, run("antialiased", None)[0])
+    with pytest.raises(ValueError, match="classic"):
+        rasterize(means, quats, scales, opac, colors, *view, rasterize_mode="antialiased", antialiased_mask=half)
+    with pytest.raises(ValueError, match="bool"):
+        rasterize(means, quats, scales, opac, colors, *view, antialiased_mask=half.float())
+
+
 def test_background_and_alpha_compose():
     means, quats, scales, opac, colors = random_gaussians(40)
     cam = camera()

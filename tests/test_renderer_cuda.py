@@ -30,16 +30,21 @@ def scene(n=20000, seed=0, device="cuda"):
 
 
 def run(backend, tensors, cam, bg, rasterize_mode="classic"):
+    """``rasterize_mode`` "mixed": every other Gaussian antialiased, the rest classic (antialiased_mask)."""
     means, quats, scales, opac, sh = [x.clone().requires_grad_(True) for x in tensors]
+    mask = None
+    if rasterize_mode == "mixed":
+        rasterize_mode, mask = "classic", torch.arange(means.shape[0], device="cuda") % 2 == 0
     out = rasterize(means, quats, scales, opac, sh, cam.viewmat_tensor("cuda"), cam.K_tensor("cuda"), cam.width, cam.height,
-                    sh_degree=3, background=bg, backend=backend, compute_weights=True, rasterize_mode=rasterize_mode)
+                    sh_degree=3, background=bg, backend=backend, compute_weights=True, rasterize_mode=rasterize_mode,
+                    antialiased_mask=mask)
     w = torch.linspace(0, 1, out.image.numel(), device="cuda").reshape(out.image.shape)
     loss = (out.image * w).sum() + 0.01 * (out.depth * out.alpha).sum()
     loss.backward()
     return out, [x.grad for x in (means, quats, scales, opac, sh)]
 
 
-@pytest.mark.parametrize("rasterize_mode", ["classic", "antialiased"])
+@pytest.mark.parametrize("rasterize_mode", ["classic", "antialiased", "mixed"])
 def test_gsplat_matches_torch_forward_and_backward(rasterize_mode):
     tensors, cam = scene()
     bg = torch.tensor([0.1, 0.2, 0.3], device="cuda")
