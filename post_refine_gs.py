@@ -200,7 +200,7 @@ def main() -> None:
              cams[0].height, f", with {len(frozen)} scene Gaussians" if frozen is not None else ", without the scene",
              " + ".join(tuned))
 
-    settings = RenderSettings(mp.renderer, pp.near_plane, pp.far_plane, pp.eps2d)
+    settings = RenderSettings(mp.renderer, pp.near_plane, pp.far_plane, pp.eps2d, rp.proxy_rasterize_mode)
     result = refine(proxies, views, rp, settings, frozen, args.quiet)
     refined = proxies.split(result.model)
 

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_scene", action="store_true", help="do not render and evaluate the trained scene (part 1)")
     p.add_argument("--train", action="store_true", help="also render the training views")
     p.add_argument("--skip_test", action="store_true", help="do not render the test views")
+    p.add_argument("--proxy_rasterize_mode", default="auto", choices=["auto", "antialiased", "classic"],
+                   help="how the refined objects are drawn (the trained scene and the baseline objects: classic, as trained); "
+                        "auto = the mode post_refine_gs.py refined them in (M/post_refine_gs.json)")
     p.add_argument("--lpips_net", default="vgg", choices=["vgg", "alex"], help="LPIPS backbone (computed only when its weights are available)")
     p.add_argument("--quiet", action="store_true", help="warnings only")
     return p
@@ -171,6 +174,7 @@ def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) ->
     from utils.meshes import read_mesh_triangles
 
     n, joint_path = refined
+    refined_mode = _refined_mode(mp.model_path, args.proxy_rasterize_mode)
     prompts = load_description(mp.source_path).prompts
     cams = sorted(scene.test_cameras, key=lambda c: c.image_name)
     if not cams:
@@ -200,6 +204,8 @@ def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) ->
         joint["refined"] = GaussianModel.from_ply(joint_path).to(device)
     if "baseline" in kinds:
         joint["baseline"] = GaussianModel.concatenate(list(models["baseline"].values()))
+    # the mode each kind of object is drawn in (the trained scene and baseline objects: classic, as trained)
+    mode = {"refined": refined_mode, "baseline": "classic"}
     whole = {}  # kind -> (the object inside its scene: remained + all objects of the kind, object index per Gaussian)
     if ep.occlusion == "scene":
         remained = GaussianModel.from_ply(remained_ply).to(device)
@@ -209,6 +215,12 @@ def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) ->
             whole[k] = (GaussianModel.concatenate(parts), labels)
     scene_ply = os.path.join(mp.model_path, REFINED_DIR, "scene_refined.ply")
     scene_model = GaussianModel.from_ply(scene_ply).to(device) if os.path.isfile(scene_ply) else None
+    scene_aa = None  # scene_refined.ply = remained.ply + the refined objects (post_refine_gs.py): the latter in their mode
+    if scene_model is not None and refined_mode == "antialiased":
+        n_obj = sum(len(m) for m in models["refined"].values()) if "refined" in kinds else len(GaussianModel.from_ply(joint_path))
+        if n_obj > len(scene_model):
+            raise InputError(scene_ply, f"{len(scene_model)} Gaussians, fewer than the {n_obj} of the refined objects it must end with")
+        scene_aa = torch.arange(len(scene_model), device=device) >= len(scene_model) - n_obj
     out_dirs = {"refined": os.path.join(mp.model_path, args.render_refined_dir_name),
                 **{k: os.path.join(mp.model_path, v) for k, v in OUT_DIRS.items()}}
     white = torch.ones(3, device=device)
@@ -219,11 +231,11 @@ def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) ->
         for cam in tqdm(cams, desc="evaluating objects", disable=args.quiet):
             stem, size = cam.image_name, (cam.width, cam.height)
             for k, model in joint.items():
-                out = render(cam, model, white, **kw)
+                out = render(cam, model, white, rasterize_mode=mode[k], **kw)
                 save_image(os.path.join(out_dirs[k], f"{stem}.png"), out.image.clamp(0, 1), out.alpha.clamp(0, 1))
                 written[k].add(f"{stem}.png")
             if scene_model is not None:
-                out = render(cam, scene_model, bg, **kw)
+                out = render(cam, scene_model, bg, antialiased_mask=scene_aa, **kw)
                 save_image(os.path.join(out_dirs["scene"], f"{stem}.png"), out.image.clamp(0, 1))
                 written["scene"].add(f"{stem}.png")
             gts = {}
@@ -236,9 +248,11 @@ def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) ->
                 gts[p] = (gt, mask)
             for k in kinds:
                 if ep.occlusion == "scene":
-                    seen = visible_object_renders(cam, *whole[k], len(prompts), kw)
+                    model, labels = whole[k]
+                    seen = visible_object_renders(cam, model, labels, len(prompts), kw,
+                                                  antialiased_mask=(labels >= 0) if mode[k] == "antialiased" else None)
                 else:
-                    seen = [(o.image, o.alpha) for o in (render(cam, models[k][p], white, **kw) for p in prompts)]
+                    seen = [(o.image, o.alpha) for o in (render(cam, models[k][p], white, rasterize_mode=mode[k], **kw) for p in prompts)]
                 for p, (image, weight) in zip(prompts, seen):
                     per_view[k][p][stem] = object_view_metrics(image, weight, *gts[p], ep, lpips_fn)
     for k, d in out_dirs.items():  # renders of views that are no longer test views
@@ -251,7 +265,7 @@ def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) ->
     mean = {k: {m: float(np.mean([objects[p][k][m] for p in prompts if m in objects[p][k]]))
                 for m in ("psnr", "ssim", "lpips", "iou") if any(m in objects[p][k] for p in prompts)} for k in kinds}
     result = {"schema": 1, "refined_iteration": n, "test_views": [c.image_name for c in cams], "objects": objects, "mean": mean,
-              "per_view": per_view, "lpips_available": lpips_fn is not None,
+              "per_view": per_view, "lpips_available": lpips_fn is not None, "rasterize_modes": {k: mode[k] for k in kinds},
               "convention": ("object's visible part inside its scene (remained.ply + all objects of its kind)" if ep.occlusion == "scene"
                              else "object rendered alone") + " over white vs D/masked_image_rgba/<prompt>/<stem>.png over white; "
                             "PSNR/SSIM/LPIPS on the box of GT mask and rendered silhouette (+box_margin); IoU of silhouette "
@@ -276,6 +290,34 @@ def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) ->
         result["geometry_meshes"] = os.path.abspath(mesh_dir)
     write_json(os.path.join(mp.model_path, "metrics.json"), result)
     _print_summary(result, prompts, kinds)
+
+
+def _refined_mode(model_path: str, requested: str) -> str:
+    """The rasterize mode of the refined objects: ``requested``, or with "auto" the mode recorded by
+    post_refine_gs.py (``refine.proxy_rasterize_mode`` in M/post_refine_gs.json; "classic" in records
+    written before the option existed; its default without a record)."""
+    import json
+
+    from utils.errors import InputError
+    from utils.refine import RefineParams
+
+    if requested != "auto":
+        return requested
+    path = os.path.join(model_path, "post_refine_gs.json")
+    if not os.path.isfile(path):
+        mode = RefineParams().proxy_rasterize_mode
+        log.warning("%s not found: the refined objects are drawn in post_refine_gs.py's default mode, %s "
+                    "(--proxy_rasterize_mode names it)", path, mode)
+        return mode
+    try:
+        with open(path) as f:
+            mode = json.load(f)["refine"].get("proxy_rasterize_mode", "classic")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(path, f"unreadable stage record ({type(e).__name__}: {e}); name the refined objects' mode with "
+                               "--proxy_rasterize_mode antialiased|classic") from e
+    if mode not in ("antialiased", "classic"):
+        raise InputError(path, f"refine.proxy_rasterize_mode is {mode!r}, expected antialiased or classic")
+    return mode
 
 
 def _print_summary(result: dict, prompts: list, kinds: list) -> None:

@@ -226,6 +226,36 @@ def test_scene_is_composited_frozen_and_occludes_the_proxy():
     assert float(err.mean()) < 0.5 * float(err_alone.mean())
 
 
+def test_proxies_drawn_antialiased_stay_closer_to_their_silhouette_while_the_scene_stays_classic():
+    """A generated object is a shell of sub-pixel Gaussians on its surface. Drawn "classic", the eps2d
+    filter widens every splat: the silhouette (alpha > 0.5) of a sphere 37 px across exceeds its true
+    disc by > 12 % (about 1 px all round); drawn "antialiased" (the default, as TRELLIS draws its
+    Gaussians) by half as much (the rest: the shell's splats pile up along the rim). The frozen scene
+    is drawn classic either way."""
+    torch.manual_seed(0)
+    n, radius = 6000, 0.3
+    d = torch.nn.functional.normalize(torch.randn(n, 3), dim=-1)
+    spacing = float(np.sqrt(4 * np.pi * radius**2 / n))
+    # flat splats along the surface: z axis rotated onto the normal d (q ~ (1 + d_z, -d_y, d_x, 0))
+    quats = torch.nn.functional.normalize(torch.stack([1 + d[:, 2], -d[:, 1], d[:, 0], torch.zeros(n)], -1), dim=-1)
+    sphere = {"means": d * radius, "quats": quats,
+              "scales": (torch.tensor([0.6, 0.6, 0.08]) * spacing).repeat(n, 1), "opacities": torch.full((n,), 0.9),
+              "sh": rgb_to_sh0(torch.full((n, 3), 0.5)).reshape(n, 1, 3)}
+    cam = Camera(np.eye(3), np.array([0.0, 0.0, 4.0]), 250.0, 250.0, 32.0, 32.0, 64, 64)
+    disc = np.pi * (250.0 * radius / 4.0) ** 2  # projected radius f r / z (perspective enlarges it by < 0.3 %)
+    scene = FrozenScene.from_model(grid_model(torch.rand(9, 3), n_side=3, spacing=0.9, sigma=0.2, z=-1.0))
+    bg = torch.zeros(3)
+    area, scene_only = {}, {}
+    for mode in ("classic", "antialiased"):
+        settings = RenderSettings(backend="torch", proxy_rasterize_mode=mode)
+        area[mode] = float((render_composite(cam, sphere, 0, None, bg, settings).alpha > 0.5).sum()) / disc
+        empty = {k: v[:0] for k, v in sphere.items()}
+        scene_only[mode] = render_composite(cam, empty, 0, scene, bg, settings).image
+    assert area["classic"] > 1.12 and 1.0 < area["antialiased"] < area["classic"] - 0.05, area
+    assert torch.equal(scene_only["classic"], scene_only["antialiased"])
+    assert RefineParams().proxy_rasterize_mode == "antialiased" and RenderSettings().proxy_rasterize_mode == "antialiased"
+
+
 def test_higher_sh_degree_tunes_view_dependent_bands():
     """--sh_degree 1: the degree-0 proxy gets zero degree-1 bands, which are tuned (at feature_lr / 20) and kept."""
     truth = torch.rand(25, 3, generator=torch.Generator().manual_seed(9))

@@ -123,13 +123,15 @@ def object_view_metrics(render_rgb: torch.Tensor, render_alpha: torch.Tensor, gt
     return rec
 
 
-def visible_object_renders(camera, model, labels: torch.Tensor, n_objects: int, render_kw: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def visible_object_renders(camera, model, labels: torch.Tensor, n_objects: int, render_kw: dict,
+                           antialiased_mask: Optional[torch.Tensor] = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each object as it is seen inside the whole model: its own contribution to the composite.
 
     Args:
         camera: the test camera. model: a GaussianModel of the whole scene (objects and the rest).
         labels: [N] long, the object index of each Gaussian in 0..n_objects-1, or -1 (the rest).
         render_kw: keyword arguments of :func:`gaussian_renderer.render` (backend, planes, eps2d).
+        antialiased_mask: optional [N] bool, the Gaussians drawn in antialiased mode (the rest classic).
     Returns:
         per object (image [3, H, W] over white, weight [1, H, W]): weight = sum of alpha_i T_i over
         the object's Gaussians (its visible opacity, the rest of the scene in front of it included),
@@ -141,8 +143,11 @@ def visible_object_renders(camera, model, labels: torch.Tensor, n_objects: int, 
 
     device = model.device
     degree = model.active_sh_degree
+    render_kw = {**render_kw, "antialiased_mask": antialiased_mask}
     campos = torch.as_tensor(camera.center, dtype=model.means.dtype, device=device)
-    rgb = torch.clamp_min(eval_sh(degree, model.sh[:, : (degree + 1) ** 2], model.means - campos) + 0.5, 0.0)
+    rgb = torch.zeros_like(model.means)
+    obj = labels >= 0  # only the objects' colours are ever used
+    rgb[obj] = torch.clamp_min(eval_sh(degree, model.sh[obj, : (degree + 1) ** 2], model.means[obj] - campos) + 0.5, 0.0)
     black = torch.zeros(3, device=device)
     weights: list[torch.Tensor] = []
     for first in range(0, n_objects, 3):  # three objects' weights per render, one per channel

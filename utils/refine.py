@@ -106,6 +106,12 @@ class RefineParams:
     background: str = opt("black", "fixed colour behind proxies and scene (never random: a random background leaks into the "
                                    "colours of mask pixels the proxy does not cover)", choices=["black", "white"])
     seed: int = opt(_OPT_DEFAULTS["seed"], "seed of the training-view order")
+    proxy_rasterize_mode: str = opt("antialiased", "how the proxies are drawn (the scene stays classic, as it was trained): "
+                                                   "antialiased = Mip-Splatting's 2D filter, the mode TRELLIS renders its Gaussians "
+                                                   "in (the --eps2d filter does not enlarge small Gaussians; in classic mode a "
+                                                   "proxy of sub-pixel Gaussians is drawn about a pixel fatter along its "
+                                                   "silhouette); render_3dgs.py draws the refined objects in the same mode",
+                                    choices=["antialiased", "classic"])
 
     def check(self) -> None:
         """Raise ValueError naming the first option out of range."""
@@ -124,6 +130,7 @@ class RefineParams:
             ("min_mask_pixels", self.min_mask_pixels >= 1, ">= 1"),
             ("mask_threshold", 0 <= self.mask_threshold < 255, "in [0, 255)"),
             ("background", self.background in ("black", "white"), "black or white"),
+            ("proxy_rasterize_mode", self.proxy_rasterize_mode in ("antialiased", "classic"), "antialiased or classic"),
         ])
 
     def background_tensor(self, device: torch.device | str = "cpu") -> Tensor:
@@ -139,6 +146,8 @@ class RenderSettings:
     near_plane: float = 0.01
     far_plane: float = 1e10
     eps2d: float = 0.3
+    proxy_rasterize_mode: str = "antialiased"
+    """How the proxies are drawn; the frozen scene is always drawn "classic"."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,6 +507,7 @@ def render_composite(
     """
     device = proxy["means"].device
     means, quats, scales, opac, sh = proxy["means"], proxy["quats"], proxy["scales"], proxy["opacities"], proxy["sh"]
+    n_proxy = means.shape[0]
     degree = proxy_degree
     if scene is not None:
         scene = scene.for_camera(camera, settings)
@@ -508,10 +518,13 @@ def render_composite(
         scales = torch.cat([scales, scene.scales])
         opac = torch.cat([opac, scene.opacities])
         sh = torch.cat([pad_sh(sh, degree), pad_sh(scene.sh, degree)])
+    aa = None
+    if settings.proxy_rasterize_mode == "antialiased":
+        aa = torch.arange(means.shape[0], device=device) < n_proxy
     return rasterize(
         means, quats, scales, opac, sh, camera.viewmat_tensor(device), camera.K_tensor(device), camera.width, camera.height,
         sh_degree=degree, background=background, near_plane=settings.near_plane, far_plane=settings.far_plane,
-        eps2d=settings.eps2d, backend=settings.backend,
+        eps2d=settings.eps2d, backend=settings.backend, antialiased_mask=aa,
     )
 
 
