@@ -208,7 +208,7 @@ def main() -> None:
                 pic = draw_matches(p.image_real, p.image_proxy, p.xy_real, p.xy_proxy, inl if len(inl) else None)
                 pic_path = os.path.join(match_dir, f"{it}_{p.name}.png")
                 with atomic_path(pic_path) as tmp:
-                    Image.fromarray(pic, "RGB").save(tmp, format="PNG")
+                    Image.fromarray(pic, "RGB").save(tmp, format="PNG", compress_level=1)  # diagnostics: fast, not small
                 written.append(pic_path)
             log.info("%s round %d (%s): %d pairs from %d cameras, %d inliers%s", prompt, it, rec.kind, rec.pairs, len(pairs),
                      rec.inliers, f", SKIPPED: {rec.skipped}" if rec.skipped else "")

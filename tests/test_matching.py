@@ -241,6 +241,32 @@ def test_sift_recovers_a_known_similarity_and_respects_masks():
     assert np.median(reprojection_errors(mm, f)) < 1.0
 
 
+def test_sift_features_of_an_image_seen_again_are_reused(monkeypatch):
+    """One real view against several renders (stage 7's appearance step): the real view is detected
+    once; the matches are those of a fresh matcher; a changed mask or pixel is a new image."""
+    import utils.matching.sift as sift_module
+
+    image0, image1, _ = similar_pair(150, 200, seed=3)
+    others = [np.ascontiguousarray(np.roll(image1, k, axis=1)) for k in range(3)]
+    calls = []
+    real_detect = sift_module._detect
+    monkeypatch.setattr(sift_module, "_detect", lambda *a: calls.append(1) or real_detect(*a))
+    matcher = SiftMatcher(MatchingParams())
+    results = [matcher.match(image0, o) for o in others]
+    assert len(calls) == 1 + len(others)
+    for o, m in zip(others, results):
+        fresh = SiftMatcher(MatchingParams()).match(image0, o)
+        assert np.array_equal(m.xy0, fresh.xy0) and np.array_equal(m.xy1, fresh.xy1)
+    calls.clear()
+    mask = np.ones(image0.shape[:2], bool)
+    mask[:10] = False
+    matcher.match(image0, others[0], mask)
+    changed = image0.copy()
+    changed[0, 0] ^= 1
+    matcher.match(changed, others[0])
+    assert len(calls) == 2
+
+
 def test_sift_positions_are_opencv_keypoints_plus_half():
     image0, image1, _ = similar_pair(150, 200, seed=1)
     matcher = SiftMatcher(MatchingParams(geometric_threshold=0.0))

@@ -3,10 +3,16 @@
 Keypoints are detected inside the masks, described by SIFT, matched by brute force (L2) with
 Lowe's ratio test in both directions (a match must be the mutual best), and filtered by a MAGSAC
 fundamental matrix (:func:`utils.matching.geometric_filter`). Scores are ``1 - ratio``.
+
+Stage 7 matches one real view against many renders (the appearance step: each of a few training
+views against every virtual view of the proxy), so the features of the last few images are kept,
+keyed by a digest of the image and mask bytes: an image seen again is not detected again.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from typing import Optional
 
 import numpy as np
@@ -53,6 +59,8 @@ class SiftMatcher(Matcher):
     """OpenCV SIFT + mutual ratio test + MAGSAC (see the module docstring)."""
 
     name = "sift"
+    cache_size = 8
+    """Images whose features are kept (least recently used dropped first)."""
 
     def __init__(self, params: MatchingParams):
         import cv2
@@ -60,13 +68,33 @@ class SiftMatcher(Matcher):
         self.params = params
         self._sift = cv2.SIFT_create(nfeatures=params.sift_features, contrastThreshold=params.sift_contrast_threshold,
                                      enable_precise_upscale=True)  # unbiased keypoint positions
+        self._cache: OrderedDict[bytes, tuple] = OrderedDict()
+
+    def _features(self, image: np.ndarray, mask: Optional[np.ndarray]):
+        h = hashlib.blake2b(digest_size=16)
+        for a in (image, mask):
+            if a is not None:
+                a = np.ascontiguousarray(a)
+                h.update(repr((a.shape, a.dtype.str)).encode())
+                h.update(a.view(np.uint8).reshape(-1).data)
+            else:
+                h.update(b"none")
+        key = h.digest()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        out = _detect(self._sift, image, mask)
+        self._cache[key] = out
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return out
 
     def match(self, image0: np.ndarray, image1: np.ndarray, mask0: Optional[np.ndarray] = None,
               mask1: Optional[np.ndarray] = None) -> Matches:
         check_image(image0, mask0, "image0")
         check_image(image1, mask1, "image1")
-        xy0, d0 = _detect(self._sift, image0, mask0)
-        xy1, d1 = _detect(self._sift, image1, mask1)
+        xy0, d0 = self._features(image0, mask0)
+        xy1, d1 = self._features(image1, mask1)
         if d0 is None or d1 is None:
             return Matches.empty()
         i0, i1, ratio = _ratio_matches(d0, d1, self.params.sift_ratio)
