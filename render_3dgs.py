@@ -84,6 +84,8 @@ def main() -> None:
         n, ply = resolve_iteration(mp.model_path, args.iteration)
         trained = (n, GaussianModel.from_ply(ply).to(device))
     refined = _refined_file(mp.model_path, args.iter)
+    # the refined objects' mode, from stage 8's record: a bad record stops here, before anything is written
+    refined_mode = _refined_mode(mp.model_path, args.proxy_rasterize_mode) if refined is not None else None
     lpips_fn = load_lpips(args.lpips_net, device)
     if trained is not None:
         _render_scene(args, mp, pp, scene, trained, bg, device, lpips_fn)
@@ -91,7 +93,7 @@ def main() -> None:
         log.info("no refined objects in %s yet (run post_refine_gs.py): the object evaluation is skipped",
                  os.path.join(mp.model_path, REFINED_DIR))
         return
-    _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn)
+    _evaluate_objects(args, mp, pp, ep, scene, refined, refined_mode, bg, device, lpips_fn)
 
 
 def _render_scene(args, mp, pp, scene, trained, bg, device, lpips_fn) -> None:
@@ -158,7 +160,7 @@ def _refined_file(model_path: str, iteration: int) -> Optional[tuple[int, str]]:
     return n, os.path.join(d, f"refined_{n}.ply")
 
 
-def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) -> None:
+def _evaluate_objects(args, mp, pp, ep, scene, refined, refined_mode, bg, device, lpips_fn) -> None:
     """Part 2: refined vs baseline objects at the test views (see the module docstring)."""
     import numpy as np
     import torch
@@ -174,7 +176,6 @@ def _evaluate_objects(args, mp, pp, ep, scene, refined, bg, device, lpips_fn) ->
     from utils.meshes import read_mesh_triangles
 
     n, joint_path = refined
-    refined_mode = _refined_mode(mp.model_path, args.proxy_rasterize_mode)
     prompts = load_description(mp.source_path).prompts
     cams = sorted(scene.test_cameras, key=lambda c: c.image_name)
     if not cams:
@@ -298,6 +299,7 @@ def _refined_mode(model_path: str, requested: str) -> str:
     written before the option existed; its default without a record)."""
     import json
 
+    from gaussian_renderer import RASTERIZE_MODES
     from utils.errors import InputError
     from utils.refine import RefineParams
 
@@ -315,8 +317,8 @@ def _refined_mode(model_path: str, requested: str) -> str:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise InputError(path, f"unreadable stage record ({type(e).__name__}: {e}); name the refined objects' mode with "
                                "--proxy_rasterize_mode antialiased|classic") from e
-    if mode not in ("antialiased", "classic"):
-        raise InputError(path, f"refine.proxy_rasterize_mode is {mode!r}, expected antialiased or classic")
+    if mode not in RASTERIZE_MODES:
+        raise InputError(path, f"refine.proxy_rasterize_mode is {mode!r}, expected one of {RASTERIZE_MODES}")
     return mode
 
 

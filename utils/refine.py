@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from gaussian_renderer import RenderOutput, rasterize
+from gaussian_renderer import RASTERIZE_MODES, RenderOutput, rasterize
 from scene.cameras import Camera
 from scene.gaussian_model import GaussianModel, num_sh_bases
 from utils.arguments import OptimizationParams, check_options, opt
@@ -111,7 +111,7 @@ class RefineParams:
                                                    "in (the --eps2d filter does not enlarge small Gaussians; in classic mode a "
                                                    "proxy of sub-pixel Gaussians is drawn about a pixel fatter along its "
                                                    "silhouette); render_3dgs.py draws the refined objects in the same mode",
-                                    choices=["antialiased", "classic"])
+                                    choices=list(RASTERIZE_MODES))
 
     def check(self) -> None:
         """Raise ValueError naming the first option out of range."""
@@ -130,7 +130,7 @@ class RefineParams:
             ("min_mask_pixels", self.min_mask_pixels >= 1, ">= 1"),
             ("mask_threshold", 0 <= self.mask_threshold < 255, "in [0, 255)"),
             ("background", self.background in ("black", "white"), "black or white"),
-            ("proxy_rasterize_mode", self.proxy_rasterize_mode in ("antialiased", "classic"), "antialiased or classic"),
+            ("proxy_rasterize_mode", self.proxy_rasterize_mode in RASTERIZE_MODES, " or ".join(RASTERIZE_MODES)),
         ])
 
     def background_tensor(self, device: torch.device | str = "cpu") -> Tensor:
