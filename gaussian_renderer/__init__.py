@@ -39,7 +39,8 @@ class RenderOutput:
     Attributes:
         image: [3, H, W] colour composited over the background.
         alpha: [1, H, W] accumulated opacity Σ_i α_i T_i.
-        depth: [1, H, W] expected camera depth Σ_i z_i α_i T_i / alpha (0 where alpha ≈ 0).
+        depth: [1, H, W] expected camera depth Σ_i z_i α_i T_i / alpha (0 where alpha ≈ 0);
+            None when rendered with ``with_depth=False``.
         means2d: projected centres in pixels, [N, 2] (gsplat: [1, N, 2]); when the means
             require grad its gradient is retained: :meth:`screen_grad` reads it after backward.
         radii: [N] screen radius in pixels (max over x, y); 0 = not rendered (culled).
@@ -50,7 +51,7 @@ class RenderOutput:
 
     image: Tensor
     alpha: Tensor
-    depth: Tensor
+    depth: Optional[Tensor]
     means2d: Tensor
     radii: Tensor
     weights: Optional[Tensor]
@@ -105,6 +106,7 @@ def rasterize(
     tile_size: int = 16,
     max_elements: int = 1 << 22,
     antialiased_mask: Optional[Tensor] = None,
+    with_depth: bool = True,
 ) -> RenderOutput:
     """Render N Gaussians into one camera.
 
@@ -128,6 +130,8 @@ def rasterize(
             2D filter is the antialiased mode). The compensation ``sqrt(det Σ2d / det(Σ2d + eps2d I))``
             of those Gaussians is computed in PyTorch and multiplies their opacities before either
             backend rasterizes (differentiable).
+        with_depth: also composite the expected depth (one more channel through the rasterizer;
+            the training loop asks for it only when it has depth supervision).
     """
     n = means.shape[0]
     for name, t, shape in (("means", means, (n, 3)), ("quats", quats, (n, 4)), ("scales", scales, (n, 3)), ("opacities", opacities, (n,))):
@@ -149,7 +153,7 @@ def rasterize(
 
         out = rasterize_gsplat(
             means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree,
-            near_plane, far_plane, eps2d, tile_size, weight_masks, compute_weights, rasterize_mode,
+            near_plane, far_plane, eps2d, tile_size, weight_masks, compute_weights, rasterize_mode, with_depth,
         )
         rgb, depth, alpha = out["rgb"], out["depth"], out["alpha"]
         means2d, radii, weights = out["means2d"], out["radii"], out.get("weights")
@@ -167,20 +171,20 @@ def rasterize(
         means2d = proj["means2d"]
         if means2d.requires_grad:
             means2d.retain_grad()
-        feats = torch.cat([rgb_g, proj["depths"][:, None]], dim=-1)
+        feats = torch.cat([rgb_g, proj["depths"][:, None]], dim=-1) if with_depth else rgb_g
         img, alpha, weights = torch_backend.composite(
             means2d, proj["conics"], proj["opacities"], feats, proj["radii"], proj["depths"], width, height,
             tile=tile_size, max_elements=max_elements, weight_masks=weight_masks, compute_weights=compute_weights,
         )
         rgb = img[..., :3]
-        depth = img[..., 3:4] / torch.clamp(alpha, min=1e-10)
+        depth = img[..., 3:4] / torch.clamp(alpha, min=1e-10) if with_depth else None
         radii = proj["radii"]
     image = rgb + (1.0 - alpha) * bg
     radii_max = radii.max(dim=-1).values if radii.dim() == 2 else radii
     return RenderOutput(
         image=image.permute(2, 0, 1),
         alpha=alpha.permute(2, 0, 1),
-        depth=depth.permute(2, 0, 1),
+        depth=None if depth is None else depth.permute(2, 0, 1),
         means2d=means2d,
         radii=radii_max,
         weights=weights,
@@ -227,7 +231,9 @@ def render(
         colors, degree = override_color, None
     else:
         degree = gaussians.active_sh_degree if sh_degree is None else sh_degree
-        colors = gaussians.sh[:, : (degree + 1) ** 2]
+        k = (degree + 1) ** 2  # only the coefficients in use go through the renderer
+        sh0, shN = gaussians.params["sh0"], gaussians.params["shN"]
+        colors = sh0 if k == 1 else torch.cat([sh0, shN[:, : k - 1]], dim=1)
     return rasterize(
         gaussians.means,
         gaussians.quats,

@@ -43,9 +43,19 @@ def rasterize_gsplat(
     weight_masks: Optional[Tensor] = None,
     compute_weights: bool = False,
     rasterize_mode: str = "classic",
+    with_depth: bool = True,
 ) -> dict[str, Tensor]:
-    """See :func:`gaussian_renderer.rasterize`. Returns a dict of raw outputs (no background)."""
+    """See :func:`gaussian_renderer.rasterize`. Returns a dict of raw outputs (no background).
+
+    SH colours are evaluated here (``gsplat.spherical_harmonics``, clamped like gsplat) rather
+    than by ``gsplat.rasterization``, which inverts the view matrix on the GPU for the camera
+    centre every call (a cuSOLVER call and a host-device sync per render); the centre is
+    ``-R^T t``. Same colours; gsplat masks culled Gaussians, whose colours get no gradient anyway.
+    """
     gsplat = _import_gsplat()
+    if sh_degree is not None:
+        campos = -viewmat[:3, :3].T @ viewmat[:3, 3]
+        colors = torch.clamp_min(gsplat.spherical_harmonics(sh_degree, means - campos, colors) + 0.5, 0.0)
     render, alphas, meta = gsplat.rasterization(
         means=means,
         quats=quats,
@@ -59,17 +69,17 @@ def rasterize_gsplat(
         near_plane=near_plane,
         far_plane=far_plane,
         eps2d=eps2d,
-        sh_degree=sh_degree,
+        sh_degree=None,
         packed=False,
         tile_size=tile_size,
-        render_mode="RGB+ED",
+        render_mode="RGB+ED" if with_depth else "RGB",
         rasterize_mode=rasterize_mode,
     )
     if meta["means2d"].requires_grad:
         meta["means2d"].retain_grad()
     out = {
         "rgb": render[0, ..., :3],
-        "depth": render[0, ..., 3:4],
+        "depth": render[0, ..., 3:4] if with_depth else None,
         "alpha": alphas[0],
         "means2d": meta["means2d"],
         "radii": meta["radii"][0],

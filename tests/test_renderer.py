@@ -195,3 +195,18 @@ def test_memory_bounded_at_256px_with_50k_gaussians():
     assert means.grad is not None and torch.isfinite(means.grad).all()
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     assert peak_gb < 6.0, f"peak RSS {peak_gb:.1f} GB"
+
+
+def test_without_depth_same_image_and_gradients():
+    means, quats, scales, opac, colors = random_gaussians(60)
+    cam = camera(40, 30)
+    outs = []
+    for with_depth in (True, False):
+        m = means.clone().requires_grad_(True)
+        out = rasterize(m, quats, scales, opac, colors, cam.viewmat_tensor(), cam.K_tensor(), cam.width, cam.height, with_depth=with_depth)
+        out.image.square().sum().backward()
+        outs.append((out, m.grad))
+    (a, ga), (b, gb) = outs
+    assert b.depth is None and a.depth is not None
+    assert torch.allclose(a.image, b.image, atol=1e-6) and torch.allclose(a.alpha, b.alpha, atol=1e-6)
+    assert torch.allclose(ga, gb, atol=1e-6)

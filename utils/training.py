@@ -14,7 +14,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -199,10 +199,12 @@ def train(
     start_checkpoint: Optional[str] = None,
     quiet: bool = False,
     views: Optional[tuple[list[TrainView], list[TrainView]]] = None,
+    step_callback: Optional[Callable[[int], None]] = None,
 ) -> TrainResult:
     """Optimise a Gaussian model of ``scene``; writes point clouds, checkpoints and test metrics
     under ``model_path``. ``views`` = (train, test) from :func:`load_scene_views` when the caller
-    already decoded them. Returns the trained model and timings."""
+    already decoded them; ``step_callback(step)`` runs after every step (e.g. a profiler's
+    ``step``). Returns the trained model and timings."""
     torch.manual_seed(op.seed)
     rng = np.random.default_rng(op.seed)
     gen = torch.Generator(device=device).manual_seed(op.seed)
@@ -238,11 +240,13 @@ def train(
             stack = list(rng.permutation(len(train_views)))
         view = train_views[stack.pop()]
         bg = torch.rand(3, device=device, generator=gen) if op.random_background else background
-        out = render(view.camera, model, bg, backend=mp.renderer, near_plane=pp.near_plane, far_plane=pp.far_plane, eps2d=pp.eps2d)
+        use_depth = (view.depth is not None or view.depth_est is not None) and step >= op.depth_from_iter
+        out = render(view.camera, model, bg, backend=mp.renderer, near_plane=pp.near_plane, far_plane=pp.far_plane, eps2d=pp.eps2d,
+                     with_depth=use_depth)
         gt = view.target(bg)
         l1 = l1_loss(out.image, gt)
         loss = (1.0 - op.lambda_dssim) * l1 + op.lambda_dssim * (1.0 - ssim(out.image, gt))
-        if (view.depth is not None or view.depth_est is not None) and step >= op.depth_from_iter:
+        if use_depth:
             w = expon_lr(step, op.depth_l1_weight_init, op.depth_l1_weight_final, op.iterations)
             loss = loss + w * depth_losses(out.depth, out.alpha, view, op)
         loss.backward()
@@ -269,6 +273,8 @@ def train(
             save_point_cloud(model, model_path, step)
         if step in checkpoint_iterations:
             save_checkpoint(os.path.join(model_path, f"chkpnt{step}.pth"), step, model, optimizer, densifier)
+        if step_callback is not None:
+            step_callback(step)
     seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return TrainResult(model, op.iterations, seconds, results, peak)
