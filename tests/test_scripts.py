@@ -9,29 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
-import pytest
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(*args, check=True, cwd=ROOT):
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def tiny_scene(tmp_path_factory):
-    out = tmp_path_factory.mktemp("scene") / "D"
-    run("scripts/make_demo_scene.py", str(out), "--num_views", "12", "--width", "64", "--height", "48",
-        "--num_points", "1500", "--supersample", "1", "--no-progress")
-    return out
+from script_runner import run
 
 
 def tree(path) -> dict:
