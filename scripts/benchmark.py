@@ -114,6 +114,9 @@ def train_one(name: str, args, scene_info: dict) -> None:
     scene = os.path.abspath(args.scene)
     n = args.iterations
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(args.gpu), "PYTHONUNBUFFERED": "1"}
+    if name != "ours":  # their own `utils`, `scene`, ... packages must not meet ours on the path
+        env["PYTHONPATH"] = os.pathsep.join(p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                            if p and os.path.realpath(p) != os.path.realpath(ROOT))
     logp = os.path.join(out, "train.log")
     own_eval, notes, own_mem, train_s = {}, "", None, None
     if name == "ours":

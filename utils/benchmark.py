@@ -297,7 +297,7 @@ def gsplat_command(examples: str, scene: str, result: str, iterations: int, test
 def inria_command(inria_dir: str, scene: str, model: str, iterations: int, extra: Sequence[str] = ()) -> list[str]:
     return [sys.executable, os.path.join(inria_dir, "train.py"), "-s", scene, "-m", model, "-r", "1", "--eval",
             "--iterations", str(iterations), "--save_iterations", str(iterations), "--test_iterations", str(iterations),
-            "--disable_viewer", "--quiet", *extra]
+            "--disable_viewer", *extra]
 
 
 # -- gsplat's normalised world -------------------------------------------------------------------
