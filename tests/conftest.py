@@ -30,7 +30,7 @@ def device() -> torch.device:
 @pytest.fixture(scope="session")
 def tiny_scene(tmp_path_factory):
     """A 12-view 64x48 demo scene (generated once per session; tests copy it before changing it)."""
-    from script_runner import run
+    from tests.script_runner import run
 
     out = tmp_path_factory.mktemp("scene") / "D"
     run("scripts/make_demo_scene.py", str(out), "--num_views", "12", "--width", "64", "--height", "48",

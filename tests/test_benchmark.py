@@ -16,7 +16,7 @@ from utils import benchmark as bm
 from utils.errors import InputError
 from utils.geometry import gaussian_covariances, random_rotation, transform_gaussians
 
-from script_runner import run
+from tests.script_runner import run
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import yaml
 
-from script_runner import run
+from tests.script_runner import run
 
 
 def tree(path) -> dict:

@@ -19,7 +19,8 @@ from PIL import Image
 
 from utils.meshes import point_triangle_distance, points_to_mesh_distance
 
-from tests.test_scripts import ROOT, run, tree
+from tests.conftest import ROOT
+from tests.test_scripts import run, tree
 from utils.errors import InputError
 from utils.masks import (
     UNASSIGNED,

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tests.test_scripts import ROOT
+from tests.conftest import ROOT
 
 # Bar for the small schedule below (24 views of 96x72, 400 steps on CPU). Measured 2026-11-24:
 # 14.8 dB for the initial SfM-point model -> 21.8 dB after training (docs/benchmarks.md); the bar

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from scene.gaussian_model import GaussianModel
-from tests.test_scripts import ROOT
+from tests.conftest import ROOT
 
 
 def proxy(n=100, seed=0) -> GaussianModel:
