@@ -158,14 +158,13 @@ def train_one(name: str, args, scene_info: dict) -> None:
         if m:
             own_eval = {"psnr": float(m[-1][2]), "l1": float(m[-1][1])}
         notes = "no training-loop timer of its own: wall time of the command (includes loading and its one test evaluation)"
-    device = torch.device(f"cuda:{0}" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ev = bm.evaluate_ply(ply, scene, device, lpips_net=args.lpips_net)
-    from scene.gaussian_model import GaussianModel
-
+    num_gaussians = ev.pop("gaussians")
     rec = bm.TrainerRecord(
         trainer=name, scene=scene, iterations=n, command=cmd, wall_s=round(run["wall_s"], 2),
         train_s=None if train_s is None else round(float(train_s), 2), peak_gpu_mib_polled=run["peak_gpu_mib_polled"],
-        peak_gpu_mib_own=own_mem, num_gaussians=len(GaussianModel.from_ply(ply)), ply=ply, eval=ev, own_eval=own_eval,
+        peak_gpu_mib_own=own_mem, num_gaussians=num_gaussians, ply=ply, eval=ev, own_eval=own_eval,
         machine=bm.machine_description(), scene_info=scene_info, notes=notes,
     )
     rec.save(os.path.join(out, bm.RECORD_NAME))
@@ -220,7 +219,6 @@ def cmd_profile(args) -> None:
     views = load_scene_views(scene, mp, op, device, True)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     state = {"prof": None, "t0": 0.0}
-    summary = []
 
     def sync():
         if device.type == "cuda":
@@ -234,21 +232,20 @@ def cmd_profile(args) -> None:
             state["t0"] = time.perf_counter()
         elif state["prof"] is not None and step + 1 - args.active in windows:
             sync()
-            dt = time.perf_counter() - state["t0"]
+            ms = (time.perf_counter() - state["t0"]) / args.active * 1000
             prof, state["prof"] = state["prof"], None
             prof.stop()
             first = step + 1 - args.active
             key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
             table = prof.key_averages().table(sort_by=key, row_limit=args.row_limit)
             with open(os.path.join(args.out, f"profile_step{first}.txt"), "w") as f:
-                f.write(f"steps {first}..{step}: {dt / args.active * 1000:.2f} ms/step under the profiler\n{table}\n")
+                f.write(f"steps {first}..{step}: {ms:.2f} ms/step under the profiler\n{table}\n")
             trace = os.path.join(args.out, f"trace_step{first}.json")
             prof.export_chrome_trace(trace)
             with open(trace, "rb") as fi, gzip.open(trace + ".gz", "wb") as fo:
                 shutil.copyfileobj(fi, fo)
             os.remove(trace)
-            summary.append((first, step, dt / args.active * 1000))
-            print(f"profiled steps {first}..{step}: {dt / args.active * 1000:.2f} ms/step -> {args.out}/profile_step{first}.txt")
+            print(f"profiled steps {first}..{step}: {ms:.2f} ms/step -> {args.out}/profile_step{first}.txt")
 
     result = train(scene, mp.model_path, mp, op, pp, device, [], [last], views=views, quiet=True, step_callback=callback)
     print(f"trained {last} steps in {result.seconds:.1f} s, {len(result.model):,} Gaussians")
@@ -282,6 +279,7 @@ def find_records(paths: list[str]) -> list[str]:
 
 def cmd_report(args) -> None:
     from utils import benchmark as bm
+    from utils.io import atomic_path
 
     records = [bm.TrainerRecord.load(p) for p in find_records(args.records)]
     scenes = {json_key(r.scene_info) for r in records}
@@ -292,10 +290,11 @@ def cmd_report(args) -> None:
         raise SystemExit(f"error: the records have different iteration counts {sorted(iters)}")
     command = args.command or default_command(records[0])
     machine = "; ".join(sorted({r.machine for r in records}))
-    doc = open(args.doc).read() if os.path.isfile(args.doc) else "# Performance\n"
+    doc = "# Performance\n"
+    if os.path.isfile(args.doc):
+        with open(args.doc) as f:
+            doc = f.read()
     doc = bm.replace_section(doc, args.key, bm.report_section(records, records[0].scene_info, command, machine))
-    from utils.io import atomic_path
-
     with atomic_path(args.doc) as tmp, open(tmp, "w") as f:
         f.write(doc)
     print(bm.markdown_table(records))

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from scene.colmap import ColmapCamera, read_model, write_model
 from utils import benchmark as bm
 from utils.errors import InputError
 from utils.geometry import gaussian_covariances, random_rotation, transform_gaussians
 
 from tests.script_runner import run
+from tests.test_scripts import make_first_camera_opencv
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +61,20 @@ def test_prepare_refuses_distorted_cameras_and_existing_output(tiny_scene, tmp_p
 
     D = tmp_path / "D"
     shutil.copytree(tiny_scene, D)
-    cams, imgs, pts = read_model(D / "sparse")
-    cid = sorted(cams)[0]
-    c = cams[cid]
-    cams[cid] = ColmapCamera(c.id, "OPENCV", c.width, c.height, np.concatenate([c.params, np.zeros(4)]))
-    for f in os.listdir(D / "sparse"):
-        os.remove(D / "sparse" / f)
-    write_model(cams, imgs, pts, D / "sparse", ext=".bin")
+    make_first_camera_opencv(D)
     with pytest.raises(InputError, match="OPENCV"):
         bm.prepare_scene(str(D), str(tmp_path / "out"), 2)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(InputError, match="overwrite"):
         bm.prepare_scene(str(tiny_scene), str(tmp_path / "full"), 2)
+    # a bad source does not cost an existing copy, even with overwrite
+    E = tmp_path / "E"
+    shutil.copytree(tiny_scene, E)
+    os.remove(E / "images" / sorted(os.listdir(E / "images"))[3])
+    with pytest.raises(InputError, match="missing"):
+        bm.prepare_scene(str(E), str(tmp_path / "full"), 2, overwrite=True)
+    assert os.listdir(tmp_path / "full") == ["x"]
 
 
 def _random_params(n: int, seed: int = 0) -> dict[str, torch.Tensor]:

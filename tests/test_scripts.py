@@ -98,10 +98,10 @@ def test_split_naming_unknown_images(tiny_scene, tmp_path):
                       D, tmp_path / "M", "frame_99999")
 
 
-def test_non_pinhole_camera(tiny_scene, tmp_path):
+def make_first_camera_opencv(D) -> None:
+    """Rewrite D's COLMAP model (binary) with its first camera as a distorted OPENCV camera."""
     from scene.colmap import ColmapCamera, read_model, write_model
 
-    D = _copy_scene(tiny_scene, tmp_path / "D")
     cams, imgs, pts = read_model(D / "sparse")
     cid = sorted(cams)[0]
     c = cams[cid]
@@ -109,6 +109,11 @@ def test_non_pinhole_camera(tiny_scene, tmp_path):
     for f in os.listdir(D / "sparse"):
         os.remove(D / "sparse" / f)
     write_model(cams, imgs, pts, D / "sparse", ext=".bin")
+
+
+def test_non_pinhole_camera(tiny_scene, tmp_path):
+    D = _copy_scene(tiny_scene, tmp_path / "D")
+    make_first_camera_opencv(D)
     _expect_bad_input([*TRAIN, "-s", str(D), "-m", str(tmp_path / "M")], D, tmp_path / "M", "convert.py")
 
 

@@ -67,10 +67,8 @@ def prepare_scene(source: str, dst: str, resolution: int = 1, images: str = "ima
 
     if resolution not in (1, 2, 4, 8):
         raise ValueError(f"resolution must be 1, 2, 4 or 8, got {resolution}")
-    if os.path.exists(dst) and os.listdir(dst):
-        if not overwrite:
-            raise InputError(dst, "output folder exists and is not empty (pass --overwrite to replace it)")
-        shutil.rmtree(dst)
+    if os.path.exists(dst) and os.listdir(dst) and not overwrite:
+        raise InputError(dst, "output folder exists and is not empty (pass --overwrite to replace it)")
     sparse = find_sparse_dir(source)
     cams, imgs, pts = read_model(sparse)
     for cid, c in cams.items():
@@ -91,16 +89,27 @@ def prepare_scene(source: str, dst: str, resolution: int = 1, images: str = "ima
         else:
             c.params = np.asarray(c.params, dtype=np.float64) * np.array([sx, sy, sx, sy])
         c.width, c.height = w, h
-    os.makedirs(os.path.join(dst, "images"), exist_ok=True)
-    names = []
-    for im in sorted(imgs.values(), key=lambda i: i.name):
+    ordered = sorted(imgs.values(), key=lambda i: i.name)
+    sources = {}
+    for im in ordered:  # every input is checked before anything is written (or an old copy removed)
         src = find_image(image_dir, im.name)
         if src is None:
             raise InputError(os.path.join(image_dir, im.name), "image registered in the COLMAP model is missing")
         if image_size(src) != orig_sizes[im.camera_id]:
             w, h = orig_sizes[im.camera_id]
             raise InputError(src, f"image is {image_size(src)[0]}x{image_size(src)[1]}, its COLMAP camera {w}x{h}")
-        name = os.path.basename(im.name)
+        sources[im.name] = src
+    names = [os.path.basename(im.name) for im in ordered]
+    stems = [os.path.splitext(n)[0] for n in names]
+    if sorted(stems) != [os.path.splitext(n)[0] for n in sorted(names)]:
+        raise InputError(image_dir, "sorting the image names and their stems gives different orders; "
+                                    "the trainers' every-N hold-outs would differ")
+    split = make_split(stems, f"every:{test_every}")
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    os.makedirs(os.path.join(dst, "images"))
+    for im, name in zip(ordered, names):
+        src = sources[im.name]
         out = os.path.join(dst, "images", name)
         if resolution == 1:
             shutil.copyfile(src, out)
@@ -113,14 +122,8 @@ def prepare_scene(source: str, dst: str, resolution: int = 1, images: str = "ima
             else:
                 pil.save(out)
         im.name = name
-        names.append(name)
-    os.makedirs(os.path.join(dst, "sparse", "0"), exist_ok=True)
+    os.makedirs(os.path.join(dst, "sparse", "0"))
     write_model(cams, imgs, pts, os.path.join(dst, "sparse", "0"), ext=".bin")
-    stems = [os.path.splitext(n)[0] for n in names]
-    if sorted(stems) != [os.path.splitext(n)[0] for n in sorted(names)]:
-        raise InputError(image_dir, "sorting the image names and their stems gives different orders; "
-                                    "the trainers' every-N hold-outs would differ")
-    split = make_split(stems, f"every:{test_every}")
     write_split(os.path.join(dst, "split.yml"), split)
     w, h = next(iter(sizes.values()))
     return {"views": len(names), "train": len(split["train"]), "test": len(split["test"]), "width": w, "height": h,
@@ -359,7 +362,8 @@ def gsplat_checkpoint_to_ply(ckpt_path: str, T: np.ndarray, ply_path: str) -> in
 def evaluate_ply(ply: str, scene_dir: str, device: torch.device, split: str = "split.yml", lpips_net: str = "vgg",
                  backend: str = "auto") -> dict:
     """PSNR / SSIM / LPIPS (None without its weights) of the Gaussians in ``ply`` over the test
-    views of ``scene_dir`` (black background, the classic rasterizer all three trainers use)."""
+    views of ``scene_dir`` (black background, the classic rasterizer all three trainers use), and
+    the number of Gaussians (``gaussians``)."""
     from gaussian_renderer import render
     from scene.dataset import load_scene
     from scene.gaussian_model import GaussianModel
@@ -378,7 +382,7 @@ def evaluate_ply(ply: str, scene_dir: str, device: torch.device, split: str = "s
             gt = v.target(bg)
             rows.append({"psnr": psnr(img, gt), "ssim": ssim_metric(img, gt), "lpips": lp(img, gt) if lp else None})
     mean = lambda k: None if any(r[k] is None for r in rows) else float(np.mean([r[k] for r in rows]))  # noqa: E731
-    return {"views": len(rows), "psnr": mean("psnr"), "ssim": mean("ssim"), "lpips": mean("lpips"), "lpips_net": lpips_net if lp else None}
+    return {"views": len(rows), "gaussians": len(model), "psnr": mean("psnr"), "ssim": mean("ssim"), "lpips": mean("lpips"), "lpips_net": lpips_net if lp else None}
 
 
 # -- the report --------------------------------------------------------------------------------

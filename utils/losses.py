@@ -81,15 +81,13 @@ class _SSIMMap(torch.autograd.Function):
         dA1, dA2 = inv * a2, inv * a1  # g·∂m/∂A1, g·∂m/∂A2
         dB1, dB2 = m_g / b1, m_g / b2  # −g·∂m/∂B1, −g·∂m/∂B2
         c = a.shape[1]
-        maps, picks = [], []
+        maps = []
         # g·∂m/∂μa = 2μb·(dA1 − dA2) − 2μa·(dB1 − dB2); ∂/∂E[a²] = −dB2; ∂/∂E[ab] = 2·dA2
         d_eab = 2 * dA2
         if need_a:
             maps += [2 * (mu_b * (dA1 - dA2) - mu_a * (dB1 - dB2)), -dB2]
-            picks.append("a")
         if need_b:
             maps += [2 * (mu_a * (dA1 - dA2) - mu_b * (dB1 - dB2)), -dB2]
-            picks.append("b")
         blurred = _blur(torch.cat(maps + [d_eab], 1), ctx.window, ctx.sigma).split(c, 1)
         g_ab = blurred[-1]
         grad_a = grad_b = None
