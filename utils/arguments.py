@@ -93,6 +93,8 @@ class OptimizationParams:
     depth_min: float = opt(0.3, "sensor depths below this (metres) are ignored")
     depth_max: float = opt(7.0, "sensor depths above this (metres) are ignored")
     depth_scale: float = opt(0.001, "depth PNG units to metres (uint16 millimetres: 0.001)")
+    depth_alpha_min: float = opt(0.5, "pixels whose rendered opacity is at most this are left out of the depth losses")
+    depth_est_min_pixels: int = opt(10, "the estimated-depth loss fits its scale and shift only with more valid pixels than this")
     init_opacity: float = opt(0.1, "opacity of the initial Gaussians")
     seed: int = opt(0, "random seed (training-view order, initialisation)")
 

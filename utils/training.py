@@ -113,23 +113,45 @@ def load_views(
 
 
 def depth_losses(out_depth: torch.Tensor, out_alpha: torch.Tensor, view: TrainView, op: OptimizationParams) -> torch.Tensor:
-    """L1 on inverse depth against sensor depth (valid in [depth_min, depth_max]) and against an
-    estimated depth after a least-squares scale-and-shift alignment (so relative depth works)."""
+    """Depth terms of the training loss, for one rendered view.
+
+    ``out_depth`` / ``out_alpha``: rendered expected depth and opacity, ``[1, H, W]``. Pixels count
+    where the rendered opacity exceeds ``op.depth_alpha_min``. Two terms, each present when the view
+    has the map:
+
+    * sensor depth ``view.depth`` (metres, valid in ``(depth_min, depth_max)``): mean L1 between the
+      rendered and the sensor inverse depth;
+    * estimated depth ``view.depth_est`` (any affine scale, > 0 where valid): the rendered depth is
+      fitted by ``a·est + b`` (least squares, detached), and the mean L1 residual is divided by the
+      mean rendered depth; skipped unless more than ``op.depth_est_min_pixels`` pixels are valid.
+
+    Written with masks and sums instead of boolean indexing, ``.any()`` and ``lstsq``: nothing here
+    waits for the GPU (the loss is the same; a term without valid pixels contributes exactly 0).
+    """
     loss = out_depth.new_zeros(())
-    covered = out_alpha.detach() > 0.5
+    covered = out_alpha.detach() > op.depth_alpha_min
     if view.depth is not None:
         valid = (view.depth > op.depth_min) & (view.depth < op.depth_max) & covered
-        if valid.any():
-            inv_r = 1.0 / out_depth.clamp(min=1e-6)
-            loss = loss + (inv_r[valid] - 1.0 / view.depth[valid]).abs().mean()
+        count = valid.sum()
+        inv_r = 1.0 / out_depth.clamp(min=1e-6)
+        inv_d = 1.0 / view.depth.clamp(min=1e-6)
+        residual = torch.where(valid, inv_r - inv_d, torch.zeros_like(inv_r)).abs()
+        loss = loss + residual.sum() / count.clamp(min=1)
     if view.depth_est is not None:
         valid = (view.depth_est > 0) & covered
-        if valid.sum() > 10:
-            r = out_depth[valid]
-            e = view.depth_est[valid]
-            A = torch.stack([e, torch.ones_like(e)], -1)
-            sol = torch.linalg.lstsq(A, r.detach()[:, None]).solution
-            loss = loss + (r - (A @ sol).squeeze(-1)).abs().mean() / r.detach().mean().clamp(min=1e-6)
+        w = valid.to(out_depth.dtype)
+        count = w.sum()
+        n = count.clamp(min=1)
+        r = out_depth * w  # zero outside the valid pixels
+        e = view.depth_est * w
+        rd = r.detach()
+        r_mean = rd.sum() / n
+        e_mean = e.sum() / n
+        ec = (e - e_mean) * w  # centred estimate: the 2x2 normal equations decouple
+        scale = (ec * rd).sum() / (ec * ec).sum().clamp(min=1e-12)
+        fit = (scale * (e - e_mean) + r_mean) * w
+        term = (r - fit).abs().sum() / n / r_mean.clamp(min=1e-6)
+        loss = loss + torch.where(count > op.depth_est_min_pixels, term, torch.zeros_like(term))
     return loss
 
 
