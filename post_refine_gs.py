@@ -43,7 +43,7 @@ import os
 import time
 
 from utils.arguments import ModelParams, PipelineParams, add_group, extract, read_cfg_args, stage_record
-from utils.cli import check_stage_options, parse_model_stage, run_main
+from utils.cli import check_stage_options, default_cuda_allocator, parse_model_stage, run_main
 from utils.errors import InputError
 from utils.refine import RefineParams
 
@@ -122,6 +122,7 @@ def _check_inputs(model_path: str, names: list[str], scene_occlusion: bool, sh_d
 
 
 def main() -> None:
+    default_cuda_allocator()
     parser = build_parser()
     args = parse_model_stage(parser)
     mp = extract(args, ModelParams, base=read_cfg_args(args.model_path))

@@ -16,7 +16,7 @@ import os
 import uuid
 
 from utils.arguments import ModelParams, OptimizationParams, PipelineParams, add_group, device_from, extract, format_cfg_args, stage_record
-from utils.cli import run_main, setup_logging
+from utils.cli import default_cuda_allocator, run_main, setup_logging
 from utils.errors import InputError
 
 log = logging.getLogger("train_3dgs")
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
+    default_cuda_allocator()
     args = build_parser().parse_args()
     setup_logging(args.quiet)
     import torch

@@ -157,3 +157,13 @@ def test_depth_supervision_runs(tiny_scene, tmp_path):
     shutil.copytree(tiny_scene / "depths_cam", D / "depths_cam")
     os.remove(D / "depths_cam" / "frame_00002.png")
     _expect_bad_input([*TRAIN, "-s", str(D), "-m", str(tmp_path / "M2"), "--depths", "depths_cam"], D, tmp_path / "M2", "frame_00002")
+
+
+def test_default_cuda_allocator_respects_the_users_setting():
+    from utils.cli import EXPANDABLE_SEGMENTS, default_cuda_allocator
+
+    env = {}
+    assert default_cuda_allocator(env) and env == {"PYTORCH_CUDA_ALLOC_CONF": EXPANDABLE_SEGMENTS}
+    for var in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
+        env = {var: "max_split_size_mb:128"}
+        assert not default_cuda_allocator(env) and env == {var: "max_split_size_mb:128"}

@@ -15,9 +15,12 @@ import dataclasses
 import os
 import subprocess
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional, Type, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Any, Optional, Type, TypeVar, get_type_hints
 
 from utils.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 T = TypeVar("T")
 
@@ -153,7 +156,7 @@ def extract(ns: argparse.Namespace, cls: Type[T], base: Optional[dict] = None) -
     return cls(**values)
 
 
-def device_from(name: str) -> "torch.device":  # noqa: F821
+def device_from(name: str) -> "torch.device":
     import torch
 
     if name:

@@ -52,6 +52,30 @@ def check_stage_options(parser, model_params, *groups) -> None:
         parser.error(str(exc))
 
 
+#: the environment variables that configure PyTorch's CUDA caching allocator (the first is the newer name)
+ALLOC_CONF_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
+EXPANDABLE_SEGMENTS = "expandable_segments:True"
+
+
+def default_cuda_allocator(environ=os.environ) -> bool:
+    """Let PyTorch's CUDA caching allocator grow its segments in place (``expandable_segments``)
+    unless the user configured the allocator (``PYTORCH_ALLOC_CONF`` / ``PYTORCH_CUDA_ALLOC_CONF``).
+
+    3DGS tensors change size at every densification; with fixed-size segments the cache keeps a
+    block of every size they had (fox at 30k: 3.3 GiB seen by nvidia-smi for 0.7 GiB allocated; 28 GiB
+    for 3.2 GiB on a 1080p scene). Expandable segments reuse the same memory (docs/performance.md).
+    Takes effect only before the process's first CUDA allocation: call it first thing in a
+    script's ``main``. Returns whether it set the default."""
+    if any(v in environ for v in ALLOC_CONF_VARS):
+        return False
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        logging.getLogger(__name__).debug("CUDA already initialised: allocator settings unchanged")
+        return False
+    environ["PYTORCH_CUDA_ALLOC_CONF"] = EXPANDABLE_SEGMENTS
+    return True
+
+
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
