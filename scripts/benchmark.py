@@ -60,6 +60,9 @@ def add_train_args(p: argparse.ArgumentParser, scene_flag: bool = True) -> None:
     p.add_argument("--inria_args", default="", help="extra options for INRIA's train.py")
     p.add_argument("--lpips_net", default="vgg", choices=["vgg", "alex"], help="LPIPS backbone of the shared evaluation (skipped without its weights)")
     p.add_argument("--gpu", type=int, default=0, help="GPU index every trainer runs on")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of each trainer (interleaved: ours, gsplat, inria, ours, ...); with more than one, run k "
+                        "writes OUT/<trainer>/run<k>/ and the report gives mean ± std")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(a, scene_flag=False)
     a.add_argument("--key", required=True, help="name of the table in the document (e.g. fox)")
     a.add_argument("--doc", default=os.path.join(ROOT, "docs", "performance.md"), help="document to update")
+    a.add_argument("--baseline", default="gsplat", help="trainer the speed ratios are relative to")
     return p
 
 
@@ -90,6 +94,7 @@ def add_report_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--key", required=True, help="name of the table in the document (e.g. fox)")
     r.add_argument("--doc", default=os.path.join(ROOT, "docs", "performance.md"), help="document to update")
     r.add_argument("--command", default="", help="the command line shown above the table (default: this benchmark's)")
+    r.add_argument("--baseline", default="gsplat", help="trainer the speed ratios are relative to")
 
 
 def parse_trainers(text: str) -> list[str]:
@@ -102,14 +107,19 @@ def parse_trainers(text: str) -> list[str]:
     return names
 
 
-def train_one(name: str, args, scene_info: dict) -> None:
-    """Run one trainer on args.scene, evaluate its result, write its record."""
+def run_dir(out: str, name: str, run: int, repeats: int) -> str:
+    """Results folder of one run: OUT/<trainer> for a single run, OUT/<trainer>/run<k> for repeats."""
+    return os.path.join(out, name) if repeats == 1 else os.path.join(out, name, f"run{run}")
+
+
+def train_one(name: str, args, scene_info: dict, out: str) -> None:
+    """Run one trainer on args.scene, evaluate its result, write its record into ``out``."""
     import torch
 
     from utils import benchmark as bm
     from utils.io import read_json
 
-    out = os.path.abspath(os.path.join(args.out, name))
+    out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     scene = os.path.abspath(args.scene)
     n = args.iterations
@@ -179,14 +189,17 @@ def cmd_train(args) -> None:
     from utils.io import read_json
 
     names = parse_trainers(args.trainers)
+    if args.repeats < 1:
+        raise SystemExit(f"error: --repeats must be at least 1, got {args.repeats}")
     info_path = os.path.join(args.scene, "benchmark_scene.json")
     if not os.path.isfile(info_path):
         raise InputError(args.scene, "not a prepared benchmark scene (benchmark_scene.json missing): run `prepare` first")
     scene_info = read_json(info_path)
     if torch.cuda.is_available():
         print(f"gsplat kernels ready in {bm.warm_up_gsplat(torch.device('cuda', 0)):.1f} s (built before any trainer is timed)")
-    for name in names:
-        train_one(name, args, scene_info)
+    for run in range(1, args.repeats + 1):
+        for name in names:
+            train_one(name, args, scene_info, run_dir(args.out, name, run, args.repeats))
 
 
 def cmd_profile(args) -> None:
@@ -203,8 +216,10 @@ def cmd_profile(args) -> None:
     import train_3dgs
     from scene.dataset import load_scene
     from utils.arguments import ModelParams, OptimizationParams, PipelineParams, device_from, extract
+    from utils.cli import default_cuda_allocator
     from utils.training import load_scene_views, train
 
+    default_cuda_allocator()  # as train_3dgs.py does
     windows = sorted(set(args.windows))
     if not windows or windows[0] < 1 or args.active < 1:
         raise SystemExit("error: --windows must be positive steps and --active >= 1")
@@ -269,12 +284,20 @@ def find_records(paths: list[str]) -> list[str]:
         if os.path.isfile(p):
             found.append(p)
         elif os.path.isdir(p):
-            found += sorted(glob.glob(os.path.join(p, "*", RECORD_NAME)))
+            found += sorted(glob.glob(os.path.join(p, "*", RECORD_NAME)) + glob.glob(os.path.join(p, "*", "run*", RECORD_NAME)),
+                            key=run_order)
         else:
             raise InputError(p, "no such file or folder")
     if not found:
         raise InputError(paths[0], f"no {RECORD_NAME} found")
     return found
+
+
+def run_order(path: str) -> tuple:
+    """Sort key of a record path: trainer folder, then run number (run10 after run9)."""
+    m = re.search(r"run(\d+)$", os.path.dirname(path))
+    trainer_dir = os.path.dirname(os.path.dirname(path)) if m else os.path.dirname(path)
+    return (trainer_dir, int(m.group(1)) if m else 0)
 
 
 def cmd_report(args) -> None:
@@ -294,10 +317,10 @@ def cmd_report(args) -> None:
     if os.path.isfile(args.doc):
         with open(args.doc) as f:
             doc = f.read()
-    doc = bm.replace_section(doc, args.key, bm.report_section(records, records[0].scene_info, command, machine))
+    doc = bm.replace_section(doc, args.key, bm.report_section(records, records[0].scene_info, command, machine, args.baseline))
     with atomic_path(args.doc) as tmp, open(tmp, "w") as f:
         f.write(doc)
-    print(bm.markdown_table(records))
+    print(bm.markdown_table(records, args.baseline))
     print(f"table {args.key!r} written to {args.doc}")
 
 

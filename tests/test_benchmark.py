@@ -203,14 +203,16 @@ def test_report_table_and_document_sections(tmp_path):
 def test_script_end_to_end_with_our_trainer(tiny_scene, tmp_path):
     S, out, doc = tmp_path / "S", tmp_path / "out", tmp_path / "perf.md"
     run("scripts/benchmark.py", "prepare", "--source", str(tiny_scene), "-r", "2", "--scene", str(S))
-    run("scripts/benchmark.py", "train", "--scene", str(S), "--out", str(out), "--trainers", "ours", "--iterations", "30")
-    rec = json.load(open(out / "ours" / "benchmark_record.json"))
-    assert rec["iterations"] == 30 and rec["train_s"] > 0 and rec["num_gaussians"] > 0 and rec["eval"]["views"] == 2
-    assert 5 < rec["eval"]["psnr"] < 60 and 0 < rec["eval"]["ssim"] <= 1
+    run("scripts/benchmark.py", "train", "--scene", str(S), "--out", str(out), "--trainers", "ours", "--iterations", "30", "--repeats", "2")
+    for k in (1, 2):
+        rec = json.load(open(out / "ours" / f"run{k}" / "benchmark_record.json"))
+        assert rec["iterations"] == 30 and rec["train_s"] > 0 and rec["num_gaussians"] > 0 and rec["eval"]["views"] == 2
+        assert 5 < rec["eval"]["psnr"] < 60 and 0 < rec["eval"]["ssim"] <= 1
+        assert np.mean([v["psnr"] for v in rec["eval"]["per_view"]]) == pytest.approx(rec["eval"]["psnr"])
     doc.write_text("# Performance\n\nhand-written text\n")
     run("scripts/benchmark.py", "report", "--records", str(out), "--key", "tiny", "--doc", str(doc), "--command", "CMD")
     text = doc.read_text()
-    assert "hand-written text" in text and "| ours | 30 |" in text and "CMD" in text
+    assert "hand-written text" in text and "| ours | 2 | 30 |" in text and "CMD" in text and "Each run" in text
     # profile: the windows' tables and traces
     run("scripts/benchmark.py", "profile", "--scene", str(S), "--out", str(tmp_path / "prof"), "--windows", "2", "--active", "2")
     assert (tmp_path / "prof" / "profile_step2.txt").read_text().startswith("steps 2..3:")
@@ -220,7 +222,45 @@ def test_script_end_to_end_with_our_trainer(tiny_scene, tmp_path):
 def test_script_bad_input(tiny_scene, tmp_path):
     p = run("scripts/benchmark.py", "train", "--scene", str(tiny_scene), "--out", str(tmp_path / "o"), "--trainers", "ours,foo", check=False)
     assert p.returncode != 0 and "ours, gsplat, inria" in p.stderr
+    p = run("scripts/benchmark.py", "train", "--scene", str(tiny_scene), "--out", str(tmp_path / "o"), "--repeats", "0", check=False)
+    assert p.returncode != 0 and "--repeats" in p.stderr
     p = run("scripts/benchmark.py", "train", "--scene", str(tiny_scene), "--out", str(tmp_path / "o"), "--trainers", "ours", check=False)
     assert p.returncode != 0 and "prepare" in p.stderr.strip().splitlines()[-1]
     p = run("scripts/benchmark.py", "report", "--records", str(tmp_path / "none"), "--key", "k", "--doc", str(tmp_path / "d.md"), check=False)
     assert p.returncode != 0 and "none" in p.stderr and not (tmp_path / "d.md").exists()
+
+
+def test_report_aggregates_repeated_runs(tmp_path):
+    """Several runs of a trainer: mean ± sample std, ratio of mean loop times, every run listed."""
+    recs = [_record("ours", 200.0, 30.0), _record("ours", 220.0, 31.0), _record("gsplat", 300.0, 30.6)]
+    recs[0].eval["per_view"] = [{"name": "a.png", "psnr": 28.0, "ssim": 0.8, "lpips": None},
+                                {"name": "b.png", "psnr": 32.0, "ssim": 0.9, "lpips": None}]
+    rows = {line.split("|")[1].strip(): line for line in bm.markdown_table(recs).splitlines()[2:]}
+    cells = [c.strip() for c in rows["ours"].split("|")[1:-1]]
+    assert cells[1] == "2" and cells[3] == "210.0 ± 14.1" and cells[10] == "30.50 ± 0.71"
+    assert cells[6] == f"{300 / 210:.2f}×"
+    assert [c.strip() for c in rows["gsplat"].split("|")[1:-1]][3] == "300.0"  # one run: no ±
+    runs = bm.runs_table(recs).splitlines()[2:]
+    assert len(runs) == 3 and "a.png (28.00)" in runs[0] and runs[1].rstrip().endswith("– |")
+    section = bm.report_section(recs, {"width": 8}, "cmd", "M")
+    assert "Each run" in section and "| ours | 2 |" in section
+    assert "Each run" not in bm.report_section([recs[0], recs[2]], {"width": 8}, "cmd", "M")
+
+
+def test_find_records_orders_runs(tmp_path):
+    from scripts.benchmark import find_records
+
+    for d in ["ours/run1", "ours/run2", "ours/run10", "gsplat"]:
+        (tmp_path / d).mkdir(parents=True)
+        _record(d.split("/")[0], 1.0, 1.0).save(str(tmp_path / d / bm.RECORD_NAME))
+    found = [os.path.relpath(p, tmp_path) for p in find_records([str(tmp_path)])]
+    assert found == ["gsplat/" + bm.RECORD_NAME] + [f"ours/run{k}/{bm.RECORD_NAME}" for k in (1, 2, 10)]
+
+
+def test_speed_ratio_never_sets_a_loop_time_against_a_wall_time():
+    ours, inria = _record("ours", 200.0, 30.0), _record("inria", 400.0, 30.0)
+    inria.train_s = None  # INRIA's train.py has no loop timer: wall 410 s
+    assert bm.speed_ratio([inria], [ours]) == pytest.approx(410.0 / 210.0)  # walls, not 410 / 200
+    assert bm.speed_ratio([ours], [_record("ours", 100.0, 30.0)]) == pytest.approx(2.0)  # loops when both have them
+    section = bm.report_section([ours, inria], {"width": 8}, "cmd", "M", baseline="inria")
+    assert "wall times" in section and f"{410 / 210:.2f}×" in section

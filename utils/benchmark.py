@@ -362,8 +362,9 @@ def gsplat_checkpoint_to_ply(ckpt_path: str, T: np.ndarray, ply_path: str) -> in
 def evaluate_ply(ply: str, scene_dir: str, device: torch.device, split: str = "split.yml", lpips_net: str = "vgg",
                  backend: str = "auto") -> dict:
     """PSNR / SSIM / LPIPS (None without its weights) of the Gaussians in ``ply`` over the test
-    views of ``scene_dir`` (black background, the classic rasterizer all three trainers use), and
-    the number of Gaussians (``gaussians``)."""
+    views of ``scene_dir`` (black background, the classic rasterizer all three trainers use): the
+    means, each view's figures (``per_view``: name, psnr, ssim, lpips) and the number of Gaussians
+    (``gaussians``)."""
     from gaussian_renderer import render
     from scene.dataset import load_scene
     from scene.gaussian_model import GaussianModel
@@ -380,9 +381,10 @@ def evaluate_ply(ply: str, scene_dir: str, device: torch.device, split: str = "s
         for v in views:
             img = render(v.camera, model, bg, backend=backend).image.clamp(0, 1)
             gt = v.target(bg)
-            rows.append({"psnr": psnr(img, gt), "ssim": ssim_metric(img, gt), "lpips": lp(img, gt) if lp else None})
+            rows.append({"name": v.camera.image_name, "psnr": psnr(img, gt), "ssim": ssim_metric(img, gt), "lpips": lp(img, gt) if lp else None})
     mean = lambda k: None if any(r[k] is None for r in rows) else float(np.mean([r[k] for r in rows]))  # noqa: E731
-    return {"views": len(rows), "gaussians": len(model), "psnr": mean("psnr"), "ssim": mean("ssim"), "lpips": mean("lpips"), "lpips_net": lpips_net if lp else None}
+    return {"views": len(rows), "gaussians": len(model), "psnr": mean("psnr"), "ssim": mean("ssim"), "lpips": mean("lpips"),
+            "lpips_net": lpips_net if lp else None, "per_view": rows}
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -390,25 +392,72 @@ def _fmt(x, spec: str, none: str = "–") -> str:
     return none if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
+def _mean_std(values: Sequence[Optional[float]]) -> tuple[Optional[float], Optional[float]]:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if len(vals) != len(values) or not vals:
+        return None, None
+    return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
+
+
+def _fmt_ms(values: Sequence[Optional[float]], spec: str) -> str:
+    """``mean`` for one run, ``mean ± sample std`` for several (– when any value is missing)."""
+    m, sd = _mean_std(values)
+    return _fmt(m, spec) + ("" if sd is None else " ± " + _fmt(sd, spec))
+
+
+def group_runs(records: Sequence[TrainerRecord]) -> dict[str, list[TrainerRecord]]:
+    """Records by trainer, in the order the trainers first appear."""
+    groups: dict[str, list[TrainerRecord]] = {}
+    for r in records:
+        groups.setdefault(r.trainer, []).append(r)
+    return groups
+
+
+def speed_ratio(base: Sequence[TrainerRecord], runs: Sequence[TrainerRecord]) -> Optional[float]:
+    """Mean time of ``base`` over mean time of ``runs``: training-loop times when every run has one,
+    otherwise wall times for both sides (a loop time is never set against a wall time)."""
+    key = "train_s" if all(r.train_s for r in (*base, *runs)) else "wall_s"
+    tb, tr = (float(np.mean([getattr(r, key) for r in rs])) for rs in (base, runs))
+    return tb / tr if tr > 0 else None
+
+
 def markdown_table(records: Sequence[TrainerRecord], baseline: str = "gsplat") -> str:
-    """One row per trainer; speed ratios relative to ``baseline`` (when present)."""
-    base = next((r for r in records if r.trainer == baseline), None)
-    head = ("| trainer | iterations | training loop (s) | wall (s) | it/s | speed vs " + baseline + " | peak GPU MiB (nvidia-smi) "
+    """One row per trainer; several runs of a trainer (``train --repeats``) give ``mean ± std``
+    (sample standard deviation) of the timings and metrics, the largest memory peak and the mean
+    Gaussian count. Speed ratios are of mean times relative to ``baseline`` (:func:`speed_ratio`)."""
+    groups = group_runs(records)
+    head = ("| trainer | runs | iterations | training loop (s) | wall (s) | it/s | speed vs " + baseline + " | peak GPU MiB (nvidia-smi) "
             "| peak GPU MiB (allocated) | Gaussians | test PSNR | test SSIM | test LPIPS |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in records:
-        ratio = None
-        if base is not None:
-            tb = base.train_s or base.wall_s
-            tr = r.train_s or r.wall_s
-            ratio = tb / tr if tr else None
-        e = r.eval
+    for t, rs in groups.items():
+        ratio = speed_ratio(groups[baseline], rs) if baseline in groups else None
+        polled = [r.peak_gpu_mib_polled for r in rs if r.peak_gpu_mib_polled is not None]
+        own = [r.peak_gpu_mib_own for r in rs if r.peak_gpu_mib_own is not None]
         lines.append("| " + " | ".join([
-            r.trainer, str(r.iterations), _fmt(r.train_s, ".1f"), _fmt(r.wall_s, ".1f"), _fmt(r.it_per_s, ".1f"),
-            _fmt(ratio, ".2f") + ("×" if ratio is not None else ""), _fmt(r.peak_gpu_mib_polled, "d"),
-            _fmt(r.peak_gpu_mib_own, ".0f"), f"{r.num_gaussians:,}", _fmt(e.get("psnr"), ".2f"), _fmt(e.get("ssim"), ".4f"),
-            _fmt(e.get("lpips"), ".4f"),
+            t, str(len(rs)), "/".join(sorted({str(r.iterations) for r in rs})), _fmt_ms([r.train_s for r in rs], ".1f"),
+            _fmt_ms([r.wall_s for r in rs], ".1f"), _fmt_ms([r.it_per_s for r in rs], ".1f"),
+            _fmt(ratio, ".2f") + ("×" if ratio is not None else ""), _fmt(max(polled) if polled else None, "d"),
+            _fmt(max(own) if own else None, ".0f"), f"{round(float(np.mean([r.num_gaussians for r in rs]))):,}",
+            _fmt_ms([r.eval.get("psnr") for r in rs], ".2f"), _fmt_ms([r.eval.get("ssim") for r in rs], ".4f"),
+            _fmt_ms([r.eval.get("lpips") for r in rs], ".4f"),
         ]) + " |")
+    return "\n".join(lines)
+
+
+def runs_table(records: Sequence[TrainerRecord]) -> str:
+    """Every run on its own row (with the test view it scored worst on), for the spread behind
+    :func:`markdown_table`'s means."""
+    head = "| trainer | run | training loop (s) | it/s | Gaussians | test PSNR | test SSIM | worst test view (PSNR) |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for t, rs in group_runs(records).items():
+        for i, r in enumerate(rs, 1):
+            views = r.eval.get("per_view") or []
+            worst = min(views, key=lambda v: v["psnr"]) if views else None
+            lines.append("| " + " | ".join([
+                t, str(i), _fmt(r.train_s or r.wall_s, ".1f"), _fmt(r.it_per_s, ".1f"), f"{r.num_gaussians:,}",
+                _fmt(r.eval.get("psnr"), ".2f"), _fmt(r.eval.get("ssim"), ".4f"),
+                f"{worst['name']} ({worst['psnr']:.2f})" if worst else "–",
+            ]) + " |")
     return "\n".join(lines)
 
 
@@ -425,14 +474,20 @@ def replace_section(doc: str, key: str, body: str) -> str:
     return doc.rstrip() + "\n\n" + block + "\n"
 
 
-def report_section(records: Sequence[TrainerRecord], scene_info: dict, command: str, machine: str) -> str:
+def report_section(records: Sequence[TrainerRecord], scene_info: dict, command: str, machine: str, baseline: str = "gsplat") -> str:
     order = {t: i for i, t in enumerate(TRAINERS)}
     records = sorted(records, key=lambda r: order.get(r.trainer, len(order)))
     info = ", ".join(f"{k} {v}" for k, v in scene_info.items() if k in ("width", "height", "train", "test", "points"))
-    notes = [f"- {r.trainer}: {r.notes}" for r in records if r.notes]
+    notes = list(dict.fromkeys(f"- {r.trainer}: {r.notes}" for r in records if r.notes))  # once per trainer
     own = [f"- {r.trainer} own test figures: " + ", ".join(f"{k} {_fmt(v, '.4f') if isinstance(v, float) else v}" for k, v in r.own_eval.items())
            for r in records if r.own_eval]
-    parts = [f"Scene: {info}. Machine: {machine}.", "", "```bash", command, "```", "", markdown_table(records)]
+    groups = group_runs(records)
+    if baseline in groups and any(not r.train_s for r in records):
+        notes.insert(0, f"- speed vs {baseline}: wall times (not every trainer has a training-loop timer)")
+    parts = [f"Scene: {info}. Machine: {machine}.", "", "```bash", command, "```", "", markdown_table(records, baseline)]
+    if any(len(rs) > 1 for rs in groups.values()):
+        parts += ["", "Each run (same command, same seed: the spread is the GPU's nondeterminism, e.g. the order of "
+                  "the rasterizers' atomic gradient sums, carried through densification):", "", runs_table(records)]
     if notes or own:
         parts += [""] + notes + own
     return "\n".join(parts)
@@ -441,5 +496,5 @@ def report_section(records: Sequence[TrainerRecord], scene_info: dict, command: 
 __all__ = [
     "TRAINERS", "GpuMemoryPoller", "TrainerRecord", "prepare_scene", "run_command", "ours_command", "gsplat_command",
     "inria_command", "gsplat_world_transform", "gsplat_to_colmap", "gsplat_checkpoint_to_ply", "evaluate_ply",
-    "markdown_table", "replace_section", "report_section",
+    "group_runs", "speed_ratio", "markdown_table", "runs_table", "replace_section", "report_section",
 ]
