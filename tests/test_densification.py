@@ -58,7 +58,7 @@ def test_surgery_keeps_adam_state_rows_aligned():
     assert len(m) == 3 and torch.equal(after, before[[0, 2, 3]])
     assert all(g["params"][0] is m.params[g["name"]] for g in opt.param_groups)
     reset_opacity(m, opt, 0.01)
-    assert float(m.opacities.max()) <= 0.01 + 1e-6
+    assert m.opacities.max().item() <= 0.01 + 1e-6
     assert float(opt.state[m.params["opacities"]]["exp_avg"].abs().sum()) == 0.0
 
 
