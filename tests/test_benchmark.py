@@ -75,6 +75,16 @@ def test_prepare_refuses_distorted_cameras_and_existing_output(tiny_scene, tmp_p
     with pytest.raises(InputError, match="missing"):
         bm.prepare_scene(str(E), str(tmp_path / "full"), 2, overwrite=True)
     assert os.listdir(tmp_path / "full") == ["x"]
+    # ... nor does an image whose header reads but whose pixels do not (found while writing)
+    F = tmp_path / "F"
+    shutil.copytree(tiny_scene, F)
+    bad = F / "images" / sorted(os.listdir(F / "images"))[5]
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputError, match="not a readable image"):
+        bm.prepare_scene(str(F), str(tmp_path / "full"), 2, overwrite=True)
+    assert os.listdir(tmp_path / "full") == ["x"]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".full.")]  # no temporary copy left behind
 
 
 def _random_params(n: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -30,6 +30,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,7 +42,8 @@ import torch
 from scene.colmap import read_model, write_model, find_sparse_dir
 from scene.split import make_split, write_split
 from utils.errors import InputError
-from utils.images import find_image, image_size
+from utils.images import find_image, image_size, open_image, resample_rgba
+from utils.io import _umask
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,6 @@ def prepare_scene(source: str, dst: str, resolution: int = 1, images: str = "ima
     Only undistorted cameras (PINHOLE, SIMPLE_PINHOLE) are accepted: the other trainers ignore
     distortion. Returns a summary (views, size, split counts).
     """
-    from PIL import Image
-
     from scene.cameras import resolution_for
 
     if resolution not in (1, 2, 4, 8):
@@ -105,26 +105,35 @@ def prepare_scene(source: str, dst: str, resolution: int = 1, images: str = "ima
         raise InputError(image_dir, "sorting the image names and their stems gives different orders; "
                                     "the trainers' every-N hold-outs would differ")
     split = make_split(stems, f"every:{test_every}")
-    if os.path.exists(dst):
-        shutil.rmtree(dst)
-    os.makedirs(os.path.join(dst, "images"))
-    for im, name in zip(ordered, names):
-        src = sources[im.name]
-        out = os.path.join(dst, "images", name)
-        if resolution == 1:
-            shutil.copyfile(src, out)
-        else:
-            with Image.open(src) as pil:
-                has_alpha = pil.mode in ("RGBA", "LA") or (pil.mode == "P" and "transparency" in pil.info)
-                pil = pil.convert("RGBA" if has_alpha else "RGB").resize(sizes[im.camera_id], Image.BICUBIC)
-            if name.lower().endswith((".jpg", ".jpeg")):
-                pil.convert("RGB").save(out, quality=jpeg_quality)
+    # the copy is built next to dst and replaces it only when complete: an image that fails to
+    # decode half-way leaves an existing dst as it was
+    parent = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(dst))}.", dir=parent)
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the permissions makedirs would
+        os.makedirs(os.path.join(tmp, "images"))
+        for im, name in zip(ordered, names):
+            src = sources[im.name]
+            out = os.path.join(tmp, "images", name)
+            if resolution == 1:
+                shutil.copyfile(src, out)
             else:
-                pil.save(out)
-        im.name = name
-    os.makedirs(os.path.join(dst, "sparse", "0"))
-    write_model(cams, imgs, pts, os.path.join(dst, "sparse", "0"), ext=".bin")
-    write_split(os.path.join(dst, "split.yml"), split)
+                pil, _ = resample_rgba(open_image(src), sizes[im.camera_id])
+                if name.lower().endswith((".jpg", ".jpeg")):
+                    pil.convert("RGB").save(out, quality=jpeg_quality)
+                else:
+                    pil.save(out)
+            im.name = name
+        os.makedirs(os.path.join(tmp, "sparse", "0"))
+        write_model(cams, imgs, pts, os.path.join(tmp, "sparse", "0"), ext=".bin")
+        write_split(os.path.join(tmp, "split.yml"), split)
+        if os.path.exists(dst):
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     w, h = next(iter(sizes.values()))
     return {"views": len(names), "train": len(split["train"]), "test": len(split["test"]), "width": w, "height": h,
             "points": len(pts), "test_every": test_every, "source": os.path.abspath(source), "resolution": resolution}
@@ -344,7 +353,7 @@ def gsplat_to_colmap(splats: dict[str, torch.Tensor], T: np.ndarray) -> dict[str
 
 def gsplat_checkpoint_to_ply(ckpt_path: str, T: np.ndarray, ply_path: str) -> int:
     """Convert a simple_trainer checkpoint to a 3DGS PLY in the COLMAP frame; returns the count."""
-    from scene.gaussian_model import GaussianModel
+    from scene.gaussian_model import GaussianModel, sh_degree_from_bases
 
     try:
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -352,8 +361,7 @@ def gsplat_checkpoint_to_ply(ckpt_path: str, T: np.ndarray, ply_path: str) -> in
     except Exception as exc:
         raise InputError(ckpt_path, f"not a readable gsplat checkpoint ({type(exc).__name__}: {exc})") from None
     params = gsplat_to_colmap(splats, T)
-    degree = int(round(math.sqrt(params["shN"].shape[1] + 1))) - 1
-    model = GaussianModel(degree, params)
+    model = GaussianModel(sh_degree_from_bases(params["shN"].shape[1] + 1), params)
     model.save_ply(ply_path)
     return len(model)
 

@@ -47,13 +47,26 @@ def _open(path: str) -> Image.Image:
         raise InputError(path, f"not a readable image ({exc})") from None
 
 
-def _rgba(im: Image.Image, size: Optional[tuple[int, int]]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    import torch
+def open_image(path: str) -> Image.Image:
+    """A decoded image; a missing or unreadable file raises :class:`InputError`."""
+    return _open(path)
 
+
+def resample_rgba(im: Image.Image, size: Optional[tuple[int, int]] = None) -> tuple[Image.Image, bool]:
+    """``im`` as RGB, or RGBA when it has alpha, resized to ``size`` = (width, height) bicubically
+    when given and different: the pixels every loader of this project trains on. Returns
+    (image, has_alpha)."""
     has_alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
     im = im.convert("RGBA" if has_alpha else "RGB")
     if size is not None and tuple(im.size) != tuple(size):
         im = im.resize(tuple(size), Image.BICUBIC)
+    return im, has_alpha
+
+
+def _rgba(im: Image.Image, size: Optional[tuple[int, int]]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    import torch
+
+    im, has_alpha = resample_rgba(im, size)
     arr = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1).clamp(0, 1)
     if has_alpha:
         return arr[:3].contiguous(), arr[3:4].contiguous()
