@@ -149,7 +149,7 @@ def depth_losses(out_depth: torch.Tensor, out_alpha: torch.Tensor, view: TrainVi
         e_mean = e.sum() / n
         ec = (e - e_mean) * w  # centred estimate: the 2x2 normal equations decouple
         scale = (ec * rd).sum() / (ec * ec).sum().clamp(min=1e-12)
-        fit = (scale * (e - e_mean) + r_mean) * w
+        fit = scale * ec + r_mean * w
         term = (r - fit).abs().sum() / n / r_mean.clamp(min=1e-6)
         loss = loss + torch.where(count > op.depth_est_min_pixels, term, torch.zeros_like(term))
     return loss
